@@ -1,0 +1,1 @@
+"""Orchestration: Prefect flows and tasks, lineage events, and the `dpop` CLI (no business logic)."""

@@ -1,0 +1,1 @@
+"""Pure data work: read, normalise, score, curate, tokenise, shard, catalog and SQL (no torch, no prefect)."""

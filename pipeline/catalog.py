@@ -1,0 +1,161 @@
+"""The catalog: a DuckDB file in the workspace recording every artefact and the edges between them.
+
+Artefact kinds: `source_file` (id = sha256 of its bytes), `pairs` and `rejections` (per source file
+version), `dataset` (a dataset version id), `shard`, `model`, `run`. An edge says that `child` was made
+from `parent` (relation: e.g. `ingested_from`, `curated_from`, `tokenized_from`, `reference_logps_from`,
+`trained_on`, `base_model`, `reference_model`, `produced`).
+
+Writes are short transactions under a file lock, so concurrent processes (a flow and `dpop sql`,
+two ranks of a training job) never corrupt the file; DuckDB itself allows one writer process.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import duckdb
+from filelock import FileLock
+
+from pipeline.workspace import Workspace
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS artifacts (
+    id VARCHAR PRIMARY KEY,
+    kind VARCHAR NOT NULL,
+    uri VARCHAR,
+    rows BIGINT,
+    created_at TIMESTAMPTZ NOT NULL,
+    meta JSON
+);
+CREATE TABLE IF NOT EXISTS edges (
+    parent_id VARCHAR NOT NULL,
+    child_id VARCHAR NOT NULL,
+    relation VARCHAR NOT NULL,
+    PRIMARY KEY (parent_id, child_id, relation)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    id: str
+    kind: str
+    uri: str | None
+    rows: int | None
+    created_at: datetime
+    meta: dict[str, Any]
+
+
+class Catalog:
+    """Record and read artefacts and edges in `<workspace>/catalog.duckdb`."""
+
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self.path = workspace.catalog_path
+        self._lock = FileLock(str(self.path) + ".lock", timeout=600)
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection under the workspace's catalog lock."""
+        with self._lock:
+            if read_only and not self.path.exists():
+                read_only = False  # first use: create the file and schema
+            connection = _connect_with_retry(str(self.path), read_only)
+            try:
+                if not read_only:
+                    connection.execute(SCHEMA)
+                yield connection
+            finally:
+                connection.close()
+
+    def record_artifact(
+        self,
+        id: str,
+        kind: str,
+        uri: str | None = None,
+        rows: int | None = None,
+        meta: dict[str, Any] | None = None,
+        parents: dict[str, str] | None = None,
+    ) -> None:
+        """Insert or update an artefact, with edges from `parents` ({parent_id: relation})."""
+        now = datetime.now(timezone.utc)
+        with self.connect() as connection:
+            connection.execute("BEGIN TRANSACTION")
+            connection.execute(
+                """INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (id) DO UPDATE SET uri = excluded.uri, rows = excluded.rows, meta = excluded.meta""",
+                [id, kind, uri, rows, now, json.dumps(meta or {}, sort_keys=True, default=str)],
+            )
+            for parent_id, relation in (parents or {}).items():
+                connection.execute(
+                    "INSERT INTO edges VALUES (?, ?, ?) ON CONFLICT DO NOTHING", [parent_id, id, relation]
+                )
+            connection.execute("COMMIT")
+
+    def record_edge(self, parent_id: str, child_id: str, relation: str) -> None:
+        with self.connect() as connection:
+            connection.execute("INSERT INTO edges VALUES (?, ?, ?) ON CONFLICT DO NOTHING", [parent_id, child_id, relation])
+
+    def get(self, id: str) -> Artifact | None:
+        with self.connect(read_only=True) as connection:
+            if not _has_tables(connection):
+                return None
+            row = connection.execute("SELECT * FROM artifacts WHERE id = ?", [id]).fetchone()
+        return _artifact(row) if row else None
+
+    def find(self, kind: str | None = None) -> list[Artifact]:
+        with self.connect(read_only=True) as connection:
+            if not _has_tables(connection):
+                return []
+            sql = "SELECT * FROM artifacts" + (" WHERE kind = ?" if kind else "") + " ORDER BY created_at, id"
+            rows = connection.execute(sql, [kind] if kind else []).fetchall()
+        return [_artifact(row) for row in rows]
+
+    def parents(self, id: str) -> list[tuple[str, str]]:
+        """[(parent_id, relation)] of an artefact."""
+        with self.connect(read_only=True) as connection:
+            if not _has_tables(connection):
+                return []
+            return connection.execute(
+                "SELECT parent_id, relation FROM edges WHERE child_id = ? ORDER BY relation, parent_id", [id]
+            ).fetchall()
+
+    def children(self, id: str) -> list[tuple[str, str]]:
+        """[(child_id, relation)] of an artefact."""
+        with self.connect(read_only=True) as connection:
+            if not _has_tables(connection):
+                return []
+            return connection.execute(
+                "SELECT child_id, relation FROM edges WHERE parent_id = ? ORDER BY relation, child_id", [id]
+            ).fetchall()
+
+
+def _connect_with_retry(path: str, read_only: bool, attempts: int = 50) -> duckdb.DuckDBPyConnection:
+    # Another process outside our lock (e.g. a user's duckdb shell) may hold the file briefly.
+    for attempt in range(attempts):
+        try:
+            return duckdb.connect(path, read_only=read_only)
+        except duckdb.IOException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
+def _has_tables(connection: duckdb.DuckDBPyConnection) -> bool:
+    return bool(
+        connection.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'artifacts'"
+        ).fetchone()[0]
+    )
+
+
+def _artifact(row: tuple) -> Artifact:
+    id, kind, uri, rows, created_at, meta = row
+    return Artifact(id, kind, uri, rows, created_at, json.loads(meta) if meta else {})
