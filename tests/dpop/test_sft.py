@@ -1,0 +1,90 @@
+"""The SFT warm-up lowers the loss on the chosen answers, saves a loadable model and is cached."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from dpop.sft import SFTConfig, _batch, examples_from_pairs, warm_up
+from pipeline.catalog import Catalog
+from pipeline.synth_math import generate_pairs
+from pipeline.tiny_tokenizer import train_tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Llama built from a config, saved with the tokenizer beside it."""
+    root = tmp_path_factory.mktemp("base")
+    pairs = [p.as_record() for p in generate_pairs(200, seed=1)]
+    tok_dir = train_tiny_tokenizer(
+        [p["prompt"] + "\n" + p["chosen"] for p in pairs], root / "tok", vocab_size=400
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    model_dir = root / "model"
+    LlamaForCausalLM(config).save_pretrained(str(model_dir))
+    tokenizer.save_pretrained(str(model_dir))
+    return model_dir
+
+
+def test_examples_follow_the_chat_template_and_end_with_eos(tiny_base: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_base))
+    [example] = examples_from_pairs([{"prompt": "What is 2 + 3?", "chosen": "2 + 3 = 5"}], tokenizer)
+    assert (
+        tokenizer.decode(example.prompt_ids)
+        == "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert example.response_ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(example.response_ids[:-1]) == "2 + 3 = 5"
+    batch = _batch([example], max_length=512, pad_id=tokenizer.pad_token_id)
+    labels = batch["labels"][0].tolist()
+    assert labels[: len(example.prompt_ids)] == [-100] * len(example.prompt_ids)
+    assert labels[len(example.prompt_ids) :] == example.response_ids
+    with pytest.raises(ValueError, match="pair 0: field 'prompt'"):
+        examples_from_pairs([{"prompt": 3, "chosen": "x"}], tokenizer)
+
+
+def test_warm_up_learns_saves_and_is_reused(workspace, tiny_base: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_base))
+    examples = examples_from_pairs([p.as_record() for p in generate_pairs(64, seed=2)], tokenizer)
+    config = SFTConfig(steps=30, batch_size=8, learning_rate=3e-3)
+    seen = []
+    result = warm_up(workspace, tiny_base, examples, config, on_step=lambda s, t, loss: seen.append((s, t)))
+    assert not result.reused and seen[-1] == (30, 30) and len(result.losses) == 30
+    # a fresh model starts near log(vocab) per token; a few steps on repetitive maths text halve it
+    assert result.losses[0] > 5.0 and sum(result.losses[-5:]) / 5 < 0.6 * result.losses[0]
+    assert result.model_dir.parent == workspace.models_dir
+    reloaded = AutoModelForCausalLM.from_pretrained(str(result.model_dir))
+    assert AutoTokenizer.from_pretrained(str(result.model_dir)).eos_token_id == tokenizer.eos_token_id
+    batch = _batch(examples[:8], 512, tokenizer.pad_token_id)
+    with torch.no_grad():
+        trained = float(reloaded(**batch).loss)
+        base = float(AutoModelForCausalLM.from_pretrained(str(tiny_base))(**batch).loss)
+    assert trained < 0.7 * base
+    record = json.loads((result.model_dir / "sft.json").read_text())
+    assert record["examples"] == 64 and record["config"]["steps"] == 30
+
+    again = warm_up(workspace, tiny_base, examples, config)
+    assert again.reused and again.model_dir == result.model_dir and again.model_id == result.model_id
+    other = warm_up(workspace, tiny_base, examples, SFTConfig(steps=2, batch_size=8))
+    assert not other.reused and other.model_dir != result.model_dir
+
+    catalog = Catalog(workspace)
+    assert catalog.get(result.model_id).kind == "model"
+    assert [relation for _, relation in catalog.parents(result.model_id)] == ["sft_from"]
