@@ -1,0 +1,88 @@
+"""Scores: exact values on hand-made pairs, rapidfuzz equality on random and on real GSM8K pairs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rapidfuzz.distance import Levenshtein
+
+from pipeline.contracts import validate
+from pipeline.score import score_pairs, word_edit_distances
+from tests.pipeline._pairs import pair_table
+
+
+def test_exact_scores_on_small_pairs() -> None:
+    table = pair_table(
+        [
+            {
+                "prompt": "hi there  you",
+                "chosen": "the cat sat on the mat",
+                "rejected": "the dog sat on a mat",
+                "chosen_score": 2.0,
+                "rejected_score": 0.5,
+            },
+            {
+                "prompt": [{"role": "system", "content": "a b"}, {"role": "user", "content": "c"}],
+                "chosen": "é ü x",
+                "rejected": "é ü x y",
+            },
+            {"prompt": "q", "chosen": "", "rejected": ""},
+        ]
+    )
+    scored = score_pairs(table)
+    validate(scored, "preference_pair")
+    rows = scored.to_pylist()
+    assert [r["edit_distance"] for r in rows] == [6, 2, 0]
+    assert rows[0]["edit_ratio"] == 6 / 22 and rows[1]["edit_ratio"] == 2 / 7 and rows[2]["edit_ratio"] == 0.0
+    assert [r["word_edit_distance"] for r in rows] == [2, 1, 0]
+    assert [r["len_prompt_chars"] for r in rows] == [13, 4, 1]
+    assert [r["len_prompt_words"] for r in rows] == [3, 3, 1]
+    assert [(r["len_chosen_chars"], r["len_rejected_chars"]) for r in rows] == [(22, 20), (5, 7), (0, 0)]
+    assert [(r["len_chosen_words"], r["len_rejected_words"]) for r in rows] == [(6, 6), (3, 4), (0, 0)]
+    assert [r["score_margin"] for r in rows] == [1.5, None, None]
+    # scoring twice replaces the columns instead of duplicating them
+    assert score_pairs(scored).equals(scored)
+
+
+words = st.lists(st.sampled_from(["a", "b", "cc", "é", "日本", "x1"]), max_size=12)
+spaces = st.sampled_from([" ", "  ", "\n", "\t "])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(words, words, spaces), min_size=1, max_size=20))
+def test_word_distance_equals_rapidfuzz_on_word_lists(cases) -> None:
+    chosen = [sep.join(c) for c, _, sep in cases]
+    rejected = [" ".join(r) for _, r, _ in cases]
+    expected = [Levenshtein.distance(c.split(), r.split()) for c, r in zip(chosen, rejected, strict=True)]
+    assert word_edit_distances(pa.array(chosen), pa.array(rejected)).tolist() == expected
+
+
+def test_distances_equal_rapidfuzz_on_real_gsm8k_pairs(shared_data) -> None:
+    path = shared_data / "openai_grade-school-math" / "example_model_solutions.jsonl"
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        for key in ("6b_finetuning", "175b_finetuning"):
+            if not record[key]["is_correct"]:
+                rows.append(
+                    {
+                        "prompt": record["question"],
+                        "chosen": record["ground_truth"],
+                        "rejected": record[key]["solution"],
+                    }
+                )
+    assert len(rows) > 1000
+    scored = score_pairs(pair_table(rows))
+    chosen, rejected = [r["chosen"] for r in rows], [r["rejected"] for r in rows]
+    expected = np.array([Levenshtein.distance(c, r) for c, r in zip(chosen, rejected, strict=True)])
+    assert (scored["edit_distance"].to_numpy() == expected).all()
+    expected_words = np.array(
+        [Levenshtein.distance(c.split(), r.split()) for c, r in zip(chosen, rejected, strict=True)]
+    )
+    assert (scored["word_edit_distance"].to_numpy() == expected_words).all()
+    longest = np.maximum([len(c) for c in chosen], [len(r) for r in rejected])
+    assert np.allclose(scored["edit_ratio"].to_numpy(), expected / longest)
