@@ -1,0 +1,80 @@
+"""Models on disk: their catalog id, safe loading, and the check that a model's tokenizer is the one
+the shards were made with.
+
+Loading never unpickles: weights must be safetensors (`use_safetensors=True`), and remote code is
+refused unless the caller opts in (`trust_remote_code=True`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline.catalog import Catalog
+from pipeline.identity import file_sha256, tree_sha256
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def model_id(model_path: str | os.PathLike[str]) -> str:
+    """Catalog id of a model folder: `model-<tree_sha256[:16]>` (same files, same id)."""
+    return f"model-{tree_sha256(model_path)[:16]}"
+
+
+def require_model_dir(model_path: str | os.PathLike[str]) -> Path:
+    path = Path(model_path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"model path {path} does not exist or is not a folder")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model path {path} has no config.json (expected a save_pretrained folder)")
+    return path.resolve()
+
+
+def tokenizer_sha256(model_path: str | os.PathLike[str]) -> str:
+    """sha256 of the folder's `tokenizer.json`, the rule the shard manifest's `tokenizer.sha256` uses."""
+    path = Path(model_path) / TOKENIZER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{model_path} has no {TOKENIZER_FILE}: cannot check it against the shards' tokenizer"
+        )
+    return file_sha256(path)
+
+
+def check_tokenizer(manifest: dict[str, Any], model_path: str | os.PathLike[str]) -> None:
+    """Fail clearly when the model's tokenizer is not the one the shards were tokenised with:
+    token ids from one vocabulary mean nothing to a model trained on another."""
+    expected = (manifest.get("tokenizer") or {}).get("sha256")
+    if not expected:
+        raise ValueError(f"dataset {manifest.get('dataset_id')} manifest records no tokenizer.sha256")
+    actual = tokenizer_sha256(model_path)
+    if actual != expected:
+        raise ValueError(
+            f"tokenizer mismatch: {Path(model_path) / TOKENIZER_FILE} has sha256 {actual[:12]}…, but dataset "
+            f"{manifest.get('dataset_id')} was tokenised with {expected[:12]}… "
+            f"({(manifest.get('tokenizer') or {}).get('path')})"
+        )
+
+
+def load_causal_lm(
+    model_path: str | os.PathLike[str], dtype: Any = None, trust_remote_code: bool = False
+) -> Any:
+    """`AutoModelForCausalLM.from_pretrained` from safetensors only (no pickle), no remote code by default."""
+    from transformers import AutoModelForCausalLM
+
+    path = require_model_dir(model_path)
+    if not any(path.glob("*.safetensors")):
+        raise FileNotFoundError(
+            f"model path {path} has no *.safetensors weights (pickled weights are not loaded)"
+        )
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+    )
+
+
+def record_model(catalog: Catalog, model_path: str | os.PathLike[str], role: str) -> str:
+    """Record a model folder in the catalog (kind `model`) and return its id."""
+    path = Path(model_path).resolve()
+    identifier = model_id(path)
+    catalog.record_artifact(identifier, "model", uri=str(path), meta={"role": role, "path": str(path)})
+    return identifier
