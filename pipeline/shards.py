@@ -8,6 +8,7 @@ matching size (and, on `verify=True`, sha256), so a killed build never yields a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -51,24 +52,78 @@ def write_split(
     """Write `table` (dpop_shard rows) as `<split>-NNNNN.arrow` files of at most `rows_per_shard` rows.
 
     An empty split still gets one (empty) shard so readers always find a schema."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    table = load_contract(CONTRACT).conform(table)
-    infos = []
-    starts = range(0, max(table.num_rows, 1), rows_per_shard)
-    for index, start in enumerate(starts):
-        piece = table.slice(start, rows_per_shard)
-        name = f"{split}-{index:05d}.arrow"
-        infos.append(_write_shard(out_dir / name, piece))
-    return infos
+    writer = SplitWriter(out_dir, split, rows_per_shard)
+    try:
+        writer.write(table)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
 
 
-def _write_shard(path: Path, table: pa.Table) -> ShardInfo:
-    with atomic_file(path) as tmp:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table, max_chunksize=8192)
-    data = path.read_bytes()
-    return ShardInfo(path.name, table.num_rows, len(data), hashlib.sha256(data).hexdigest())
+class SplitWriter:
+    """Stream dpop_shard rows into `<split>-NNNNN.arrow` shards of at most `rows_per_shard` rows.
+
+    `write` may be called with any number of tables (a build writes batch by batch, so a split never
+    sits in memory whole); each shard is written under a temporary name and renamed when full or on
+    `close`, so only finished shards carry a final name."""
+
+    def __init__(self, out_dir: Path, split: str, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if rows_per_shard < 1:
+            raise ValueError(f"rows_per_shard must be positive, got {rows_per_shard}")
+        self.out_dir, self.split, self.rows_per_shard = Path(out_dir), split, rows_per_shard
+        self.contract = load_contract(CONTRACT)
+        self.infos: list[ShardInfo] = []
+        self._open: tuple[contextlib.ExitStack, pa.ipc.RecordBatchStreamWriter, Path, int] | None = None
+
+    def write(self, table: pa.Table) -> None:
+        table = self.contract.conform(table)
+        start = 0
+        while start < table.num_rows:
+            if self._open is None:
+                self._start_shard(table.schema)
+            stack, writer, path, rows = self._open
+            piece = table.slice(start, self.rows_per_shard - rows)
+            writer.write_table(piece, max_chunksize=8192)
+            start += piece.num_rows
+            self._open = (stack, writer, path, rows + piece.num_rows)
+            if rows + piece.num_rows == self.rows_per_shard:
+                self._finish_shard()
+
+    def close(self) -> list[ShardInfo]:
+        if self._open is None and not self.infos:
+            self._start_shard(self.contract.schema())
+        if self._open is not None:
+            self._finish_shard()
+        return list(self.infos)
+
+    def abort(self) -> None:
+        """Drop the shard being written (its temporary file is removed)."""
+        if self._open is not None:
+            stack, writer, _, _ = self._open
+            self._open = None
+            writer.close()
+            stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def _start_shard(self, schema: pa.Schema) -> None:
+        path = self.out_dir / f"{self.split}-{len(self.infos):05d}.arrow"
+        stack = contextlib.ExitStack()
+        tmp = stack.enter_context(atomic_file(path))
+        sink = stack.enter_context(pa.OSFile(str(tmp), "wb"))
+        self._open = (stack, pa.ipc.new_stream(sink, schema), path, 0)
+
+    def _finish_shard(self) -> None:
+        stack, writer, path, rows = self._open
+        self._open = None
+        writer.close()
+        stack.close()  # closes the file, then fsyncs and renames it to its final name
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        self.infos.append(ShardInfo(path.name, rows, path.stat().st_size, digest.hexdigest()))
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
