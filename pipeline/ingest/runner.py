@@ -294,6 +294,8 @@ def _write_ingest(
                 if rejection_rows:
                     table = pa.Table.from_pylist(rejection_rows, schema=rejection_schema)
                     rejection_writer.write_table(rejection_contract.conform(table))
+        if not counts["read"]:
+            raise NotPreferenceData(f"{source.describe()}: no records")
         result = IngestResult(
             ingest_id=ingest_id,
             source_uri=source.uri,
