@@ -1,0 +1,168 @@
+"""Reference log-probabilities computed once and stored in the shards: training then loads no reference model.
+
+`compute_reference_logps` runs the reference model (no grad, large length-sorted batches, bf16 on a
+GPU that has it) over every split of a tokenised dataset version and writes a *new* version whose
+shards are the same rows with `ref_chosen_logps` / `ref_rejected_logps` filled. Its parents are the
+tokenised version (`reference_logps_from`) and the model (`reference_model`); its id is a hash of both,
+so asking again for the same pair reuses the folder. The folder is built under a temporary name and
+renamed: a crash leaves no version a reader could take for whole.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from dpop.data import ShardDataset
+from dpop.model_io import check_tokenizer, load_causal_lm, model_id, record_model, require_model_dir
+from pipeline.atomic import atomic_dir
+from pipeline.catalog import Catalog
+from pipeline.identity import stable_hash
+from pipeline.shards import MANIFEST, SPLITS, load_manifest, write_manifest, write_split
+from pipeline.workspace import Workspace
+
+DEFAULT_BATCH_SIZE = 64
+# Files of the parent version that describe its rows and travel with the new version unchanged.
+CARRIED_FILES = ("pairs.parquet", "rejections.parquet")
+
+
+def reference_dataset_id(dataset_id: str, reference_model_id: str) -> str:
+    return f"{dataset_id.split('-ref-')[0]}-ref-{stable_hash([dataset_id, reference_model_id], 12)}"
+
+
+def compute_reference_logps(
+    workspace: Workspace | str | os.PathLike[str],
+    dataset_id: str,
+    model_path: str | os.PathLike[str],
+    batch_size: int | None = None,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> str:
+    """Fill the ref_* columns of `dataset_id` with `model_path`'s log-probs; return the new dataset id."""
+    import torch
+
+    ws = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
+    model_path = require_model_dir(model_path)
+    manifest = load_manifest(ws, dataset_id)
+    check_tokenizer(manifest, model_path)
+    reference_id = model_id(model_path)
+    new_id = reference_dataset_id(dataset_id, reference_id)
+    new_dir = ws.dataset_dir(new_id)
+    catalog = Catalog(ws)
+    if (new_dir / MANIFEST).is_file():
+        record_model(catalog, model_path, role="reference")
+        return new_id
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    model = load_causal_lm(
+        model_path, dtype=torch.bfloat16 if use_bf16 else torch.float32, trust_remote_code=trust_remote_code
+    )
+    model.to(device).eval()
+    pad_token_id = _pad_token_id(model_path)
+    batch_size = batch_size or DEFAULT_BATCH_SIZE
+
+    splits: dict[str, Any] = {}
+    with atomic_dir(new_dir) as tmp:
+        for split in SPLITS:
+            if split not in manifest.get("splits", {}):
+                continue
+            dataset = ShardDataset.open(ws, dataset_id, split)
+            chosen, rejected = split_reference_logps(
+                model, dataset, pad_token_id, batch_size, device, progress
+            )
+            table = dataset.table
+            table = _set_column(table, "ref_chosen_logps", chosen)
+            table = _set_column(table, "ref_rejected_logps", rejected)
+            rows_per_shard = max((info["rows"] for info in manifest["splits"][split]["shards"]), default=1)
+            infos = write_split(tmp, split, table, rows_per_shard=max(rows_per_shard, 1))
+            splits[split] = {"rows": table.num_rows, "shards": [info.as_dict() for info in infos]}
+            del dataset, table
+        for name in CARRIED_FILES:
+            if (ws.dataset_dir(dataset_id) / name).is_file():
+                shutil.copyfile(ws.dataset_dir(dataset_id) / name, tmp / name)
+        new_manifest = {key: value for key, value in manifest.items() if key != "contract"}
+        new_manifest.update(
+            dataset_id=new_id,
+            parents=[
+                {"id": dataset_id, "kind": "dataset", "relation": "reference_logps_from"},
+                {"id": reference_id, "kind": "model", "relation": "reference_model"},
+            ],
+            reference_model={
+                "id": reference_id,
+                "path": str(model_path),
+                "dtype": "bfloat16" if use_bf16 else "float32",
+            },
+            splits=splits,
+        )
+        write_manifest(tmp, new_manifest)
+
+    record_model(catalog, model_path, role="reference")
+    rows = sum(split["rows"] for split in splits.values())
+    catalog.record_artifact(
+        new_id,
+        "dataset",
+        uri=str(new_dir),
+        rows=rows,
+        meta={"reference_model": reference_id},
+        parents={dataset_id: "reference_logps_from", reference_id: "reference_model"},
+    )
+    for split in splits.values():
+        for info in split["shards"]:
+            catalog.record_artifact(
+                info["sha256"],
+                "shard",
+                uri=str(new_dir / info["file"]),
+                rows=info["rows"],
+                parents={new_id: "part_of"},
+            )
+    return new_id
+
+
+def split_reference_logps(
+    model: Any, dataset: ShardDataset, pad_token_id: int, batch_size: int, device: Any, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Summed log-probs of chosen and rejected for every row of `dataset`, in row order (float32)."""
+    import torch
+    from rich.progress import Progress
+
+    from dpop.logps import PairCollator, pair_logps
+
+    collate = PairCollator(pad_token_id=pad_token_id)
+    chosen = np.zeros(len(dataset), dtype=np.float32)
+    rejected = np.zeros(len(dataset), dtype=np.float32)
+    # Longest first: similar lengths share a batch (little padding) and an out-of-memory shows at once.
+    order = np.argsort(-dataset.lengths(), kind="stable")
+    with Progress(disable=not progress, transient=True) as bar, torch.inference_mode():
+        task = bar.add_task(f"reference log-probs ({dataset.name})", total=len(order))
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            batch = collate([dataset[int(index)] for index in indices])
+            batch = {key: value.to(device) for key, value in batch.items()}
+            result = pair_logps(model, batch)
+            chosen[indices] = result.chosen.float().cpu().numpy()
+            rejected[indices] = result.rejected.float().cpu().numpy()
+            bar.advance(task, len(indices))
+    return chosen, rejected
+
+
+def _set_column(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
+    index = table.column_names.index(name)
+    return table.set_column(
+        index, pa.field(name, pa.float32(), nullable=True), pa.array(values, pa.float32())
+    )
+
+
+def _pad_token_id(model_path: Path) -> int:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError(f"the tokenizer in {model_path} has neither a pad nor an eos token")
+    return pad

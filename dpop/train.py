@@ -1,0 +1,317 @@
+"""`train(...)`: one DPOP training run from a dataset version and a model folder to a run folder.
+
+    <ws>/runs/<run_id>/model/          save_pretrained model (or LoRA adapter) + tokenizer
+    <ws>/runs/<run_id>/checkpoint-*/   Trainer checkpoints (resume_from_checkpoint)
+    <ws>/runs/<run_id>/metrics.jsonl   one JSON object per log event
+    <ws>/runs/<run_id>/run.json        dataset, base and reference models, loss, config, code version, metrics
+
+Works the same under `python`, `accelerate launch` and `torchrun`: every rank runs this function;
+only the main process writes run.json, metrics and catalog records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dpop.config import TrainConfig
+from dpop.data import ShardDataset
+from dpop.model_io import check_tokenizer, load_causal_lm, record_model, require_model_dir
+from pipeline.atomic import write_text_atomic
+from pipeline.catalog import Catalog
+from pipeline.identity import stable_hash
+from pipeline.shards import load_manifest
+from pipeline.version import code_version
+from pipeline.workspace import Workspace
+
+RUN_RECORD = "run.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    run_dir: Path
+    model_dir: Path
+    final_metrics: dict[str, Any]
+
+
+def train(
+    workspace: Workspace | str | os.PathLike[str],
+    dataset_id: str,
+    model_path: str | os.PathLike[str],
+    config: TrainConfig | None = None,
+    run_id: str | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train `model_path` on `dataset_id` with `config`; `resume=True` continues run `run_id` from its
+    last checkpoint (same data order, optimizer, scheduler and RNG state)."""
+    import torch
+    from accelerate import PartialState
+    from transformers import AutoTokenizer
+
+    from dpop.logps import PairCollator
+    from dpop.trainer import DPOPTrainer, MetricsFileCallback
+
+    config = config or TrainConfig()
+    ws = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
+    model_path = require_model_dir(model_path)
+    manifest = load_manifest(ws, dataset_id)
+    check_tokenizer(manifest, model_path)
+    train_set = ShardDataset.open(ws, dataset_id, "train")
+    if len(train_set) == 0:
+        raise ValueError(f"dataset {dataset_id} has no train rows")
+    eval_set = ShardDataset.open(ws, dataset_id, "eval") if "eval" in manifest.get("splits", {}) else None
+    eval_set = eval_set if eval_set is not None and len(eval_set) else None
+    stored_refs = train_set.has_reference_logps() and (eval_set is None or eval_set.has_reference_logps())
+
+    state = PartialState()
+    run_id = _resolve_run_id(ws, dataset_id, model_path, config, run_id, resume, state)
+    run_dir = ws.run_dir(run_id)
+    checkpoint = _last_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        raise FileNotFoundError(f"run {run_id} has no checkpoint-* folder in {run_dir} to resume from")
+    if state.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
+    dtype = getattr(torch, config.model_dtype)
+    model = load_causal_lm(model_path, dtype=dtype, trust_remote_code=config.trust_remote_code)
+    ref_model = None
+    if config.uses_lora:
+        model = _add_lora(model, config)
+    elif not stored_refs:
+        # Full fine-tuning without stored reference log-probs: the only case that holds two models.
+        ref_model = load_causal_lm(model_path, dtype=dtype, trust_remote_code=config.trust_remote_code)
+
+    metrics_callback = MetricsFileCallback(run_dir / METRICS_FILE)
+    if state.is_main_process:
+        if checkpoint is not None:
+            metrics_callback.truncate_after(int(checkpoint.name.split("-")[-1]))
+        elif (run_dir / METRICS_FILE).exists():
+            (run_dir / METRICS_FILE).unlink()
+
+    trainer = DPOPTrainer(
+        model=model,
+        args=_training_arguments(config, run_dir, has_eval=eval_set is not None),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=PairCollator(pad_token_id=_pad_token_id(tokenizer)),
+        processing_class=tokenizer,
+        callbacks=[metrics_callback],
+        train_config=config,
+        ref_model=ref_model,
+    )
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    final_metrics = {key: value for key, value in output.metrics.items()}
+    final_metrics.update(_last_train_metrics(run_dir / METRICS_FILE) if state.is_main_process else {})
+    if eval_set is not None:
+        final_metrics.update(trainer.evaluate())
+
+    model_dir = run_dir / "model"
+    staging = run_dir / ".tmp-model"
+    trainer.save_model(str(staging))  # all ranks: FSDP/DeepSpeed gather weights collectively
+    state.wait_for_everyone()
+    if state.is_main_process:
+        tokenizer.save_pretrained(staging)
+        # A pickle of TrainingArguments: not needed to use the model (run.json has the config), and
+        # nothing we ship should need unpickling.
+        (staging / "training_args.bin").unlink(missing_ok=True)
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        os.replace(staging, model_dir)
+        _write_records(
+            ws,
+            run_id,
+            run_dir,
+            model_dir,
+            dataset_id,
+            manifest,
+            model_path,
+            config,
+            stored_refs,
+            final_metrics,
+        )
+    state.wait_for_everyone()
+    return TrainResult(run_id=run_id, run_dir=run_dir, model_dir=model_dir, final_metrics=final_metrics)
+
+
+def _resolve_run_id(
+    ws: Workspace,
+    dataset_id: str,
+    model_path: Path,
+    config: TrainConfig,
+    run_id: str | None,
+    resume: bool,
+    state,
+) -> str:
+    from accelerate.utils import broadcast_object_list
+
+    if resume and not run_id:
+        raise ValueError("resume needs the run id of the run to continue (--run-id)")
+    if run_id is None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        run_id = f"run-{stamp}-{stable_hash([dataset_id, str(model_path), config.as_dict()], 8)}"
+        holder = [run_id]
+        if state.num_processes > 1:
+            broadcast_object_list(holder, from_process=0)  # every rank must write to the same folder
+        run_id = holder[0]
+    if not resume and (ws.run_dir(run_id) / RUN_RECORD).exists():
+        raise ValueError(f"run {run_id} already exists in {ws.runs_dir}; pick another run id or resume it")
+    return run_id
+
+
+def _add_lora(model: Any, config: TrainConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    if config.gradient_checkpointing:
+        model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need grad inputs
+    return model
+
+
+def _training_arguments(config: TrainConfig, run_dir: Path, has_eval: bool) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    bf16, fp16 = config.bf16, config.fp16
+    if not torch.cuda.is_available():
+        if fp16:
+            warnings.warn("fp16 needs a GPU; training in float32 on CPU", stacklevel=3)
+            fp16 = False
+        if bf16 and not torch.backends.mkldnn.is_available():
+            warnings.warn("bf16 is not supported on this CPU; training in float32", stacklevel=3)
+            bf16 = False
+    elif bf16 and not torch.cuda.is_bf16_supported():
+        warnings.warn("this GPU does not support bf16; training in float32", stacklevel=3)
+        bf16 = False
+    # transformers 5 renamed gradient_checkpointing to activation_checkpointing (old name deprecated)
+    fields = {field.name for field in dataclasses.fields(TrainingArguments)}
+    checkpointing = (
+        "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    )
+    eval_strategy = "steps" if has_eval and config.eval_steps else "no"
+    return TrainingArguments(
+        output_dir=str(run_dir),
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim=config.optim,
+        seed=config.seed,
+        data_seed=config.data_seed if config.data_seed is not None else config.seed,
+        bf16=bf16,
+        fp16=fp16,
+        logging_steps=config.logging_steps,
+        eval_strategy=eval_strategy,
+        eval_steps=config.eval_steps if eval_strategy == "steps" else None,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        report_to=config.report_to or "none",
+        disable_tqdm=config.disable_tqdm,
+        remove_unused_columns=False,  # our collator reads dpop_shard columns the model does not take
+        dataloader_num_workers=config.dataloader_num_workers,
+        **{checkpointing: config.gradient_checkpointing},
+        **config.training_args,
+    )
+
+
+def _pad_token_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token to pad with")
+    return pad
+
+
+def _last_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return max(checkpoints, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def _last_train_metrics(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    last: dict[str, Any] = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("split") == "train":
+            last = record
+    return {key: value for key, value in last.items() if key not in ("split",)}
+
+
+def _write_records(
+    ws: Workspace,
+    run_id: str,
+    run_dir: Path,
+    model_dir: Path,
+    dataset_id: str,
+    manifest: dict[str, Any],
+    model_path: Path,
+    config: TrainConfig,
+    stored_refs: bool,
+    final_metrics: dict[str, Any],
+) -> None:
+    catalog = Catalog(ws)
+    base_id = record_model(catalog, model_path, role="base")
+    reference = manifest.get("reference_model") if stored_refs else None
+    if reference is None:
+        reference = {
+            "id": base_id,
+            "path": str(model_path),
+            "source": "base model with the LoRA adapter disabled"
+            if config.uses_lora
+            else "frozen copy of the base",
+        }
+    else:
+        reference = {**reference, "source": "log-probs stored in the dataset"}
+    record = {
+        "run_id": run_id,
+        "dataset_id": dataset_id,
+        "base_model": {"id": base_id, "path": str(model_path)},
+        "reference_model": reference,
+        "loss": {"name": config.loss, **config.loss_kwargs()},
+        "finetuning": "lora" if config.uses_lora else "full",
+        "config": config.as_dict(),
+        "code_version": code_version(),
+        "model_dir": str(model_dir),
+        "final_metrics": final_metrics,
+    }
+    write_text_atomic(run_dir / RUN_RECORD, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    catalog.record_artifact(
+        run_id,
+        "run",
+        uri=str(run_dir),
+        meta={key: record[key] for key in ("loss", "finetuning", "code_version")},
+        parents={dataset_id: "trained_on", base_id: "base_model"},
+    )
+    # A separate edge: with the base as its own reference, one parent has two relations.
+    catalog.record_edge(reference["id"], run_id, "reference_model")
+    catalog.record_artifact(
+        f"model-{run_id}",
+        "model",
+        uri=str(model_dir),
+        meta={"role": "trained", "adapter": config.uses_lora, "base_model": base_id},
+        parents={run_id: "produced"},
+    )
