@@ -107,7 +107,7 @@ def load_curation_config(
         data: Any = {}
     elif isinstance(source, dict):
         data = source
-    else:
+    elif isinstance(source, str | os.PathLike):
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"curation config {path} not found")
@@ -116,6 +116,8 @@ def load_curation_config(
         except yaml.YAMLError as error:
             raise ConfigError(f"curation config {path} is not valid YAML: {error}") from error
         base = path.resolve().parent
+    else:
+        data = source  # reported below as "must be a mapping"
     config = _build(CurationConfig, data, "")
     _check_ranges(config)
     decontaminate = config.filters.decontaminate

@@ -60,3 +60,18 @@ def write_ingest(root: Path, rows: list[dict], name: str = "test") -> FakeIngest
     rejections = load_contract("rejection").schema().empty_table()
     pq.write_table(rejections, folder / "rejections.parquet")
     return FakeIngest(ingest_id, uri, folder / "pairs.parquet", folder / "rejections.parquet")
+
+
+MATH_TEXTS = [
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
+    "How many clips did Natalia sell altogether in April and May? It is 72. The answer is 72.",
+    "Weng earns $12 an hour for babysitting. Yesterday she did 50 minutes. She earned $10.",
+    "What is 2+2? It is 4. What is 3+3? It is 6. 0 1 2 3 4 5 6 7 8 9",
+]
+
+
+def tiny_tokenizer(folder: Path) -> Path:
+    """A tiny byte-level BPE with the ChatML-like template (see pipeline.tiny_tokenizer)."""
+    from pipeline.tiny_tokenizer import train_tiny_tokenizer
+
+    return train_tiny_tokenizer(MATH_TEXTS * 4, folder, vocab_size=300)
