@@ -76,3 +76,20 @@ def test_folder_notes_and_help(tmp_path):
     assert help_text.exit_code == 0
     for option in ("--workspace", "--format", "--name", "--map", "--max-field-chars"):
         assert option in help_text.output
+
+
+def test_example_input_of_the_readme(tmp_path):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "pairs.jsonl"
+    result = runner.invoke(app, ["ingest", str(example), "-w", str(tmp_path / "ws")])
+    assert result.exit_code == 0, result.output
+    (ingest,) = latest_ingests(Workspace.open(tmp_path / "ws"))
+    assert (ingest.rows_read, ingest.rows_kept, ingest.rows_rejected) == (20, 15, 5)
+    assert ingest.rejected_by_reason == {
+        "empty_response": 1,
+        "malformed_json": 1,
+        "missing_field": 1,
+        "null_field": 1,
+        "wrong_type": 1,
+    }
