@@ -67,7 +67,8 @@ def ingest(
 
         results = []
         for source in sources:
-            results += ingest_source(source, ws, fmt=fmt, name=name, options=options, on_note=note)
+            with console.status(f"ingesting {source} ..."):
+                results += ingest_source(source, ws, fmt=fmt, name=name, options=options, on_note=note)
 
         table = Table(title=f"Ingested into {ws.root}")
         table.add_column("file", overflow="fold")

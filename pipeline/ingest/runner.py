@@ -174,6 +174,8 @@ def _ingest_one(
     ingest_id = stable_hash(
         {
             "source_sha256": source.sha256,
+            # The URI too: every pair row names the file it came from, so a copy elsewhere is its own ingest.
+            "source_uri": source.uri,
             "format": fmt or "auto",  # the format asked for: detection needs no read on a cache hit
             "name": name,
             "options": options.identity(),
@@ -184,7 +186,7 @@ def _ingest_one(
     final = ws.sources_dir / ingest_id
     previous = _load_result(final)
     if previous is not None:
-        result = replace(previous, reused=True, source_uri=source.uri)
+        result = replace(previous, reused=True)
     else:
         detected = fmt or detect_format(_mapped(iter_records(source), options), source.describe())
         result = _write_ingest(source, final, ingest_id, detected, name or source.stem, options)
@@ -404,7 +406,7 @@ def latest_ingests(workspace: Workspace | str | Path) -> list[IngestResult]:
             continue
         result = _load_result(ws.sources_dir / payload["ingest_id"])
         if result is not None:
-            results.append(replace(result, source_uri=payload["source_uri"]))
+            results.append(result)
     return sorted(results, key=lambda r: r.source_uri)
 
 

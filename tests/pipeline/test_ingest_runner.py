@@ -250,3 +250,16 @@ def test_conservation_violation_raises(tmp_path, workspace, monkeypatch):
     with pytest.raises(RuntimeError, match="conservation check failed"):
         ingest_source(write_jsonl(tmp_path / "a.jsonl", RECORDS), workspace)
     assert not any(workspace.sources_dir.glob("*/ingest.json"))
+
+
+def test_a_copy_elsewhere_is_its_own_ingest_with_its_own_uri(tmp_path, workspace):
+    first = write_jsonl(tmp_path / "a.jsonl", RECORDS)
+    (tmp_path / "copy").mkdir()
+    second = write_jsonl(tmp_path / "copy" / "a.jsonl", RECORDS)
+    (one,) = ingest_source(first, workspace)
+    (two,) = ingest_source(second, workspace)
+    assert one.source_sha256 == two.source_sha256 and one.ingest_id != two.ingest_id and not two.reused
+    assert {p["source_uri"] for p in pairs_of(two)} == {second.resolve().as_uri()}
+    assert [r.source_uri for r in latest_ingests(workspace)] == sorted(
+        [first.resolve().as_uri(), second.resolve().as_uri()]
+    )
