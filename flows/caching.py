@@ -77,12 +77,16 @@ def ingest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
 
 
 def build_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """(the ingest ids it curates, curation config, tokenizer content, code version)."""
+    """(the ingests it curates, curation config and the files it names, tokenizer content, code version)."""
+    config = parameters.get("curate_config") or {}
+    decontaminate = (config.get("filters") or {}).get("decontaminate") or {}
+    eval_file = decontaminate.get("file")
     return _key(
         "build",
         parameters["workspace"],
-        sorted(parameters["ingest_ids"]),
-        config_hash(parameters.get("curate_config")),
+        sorted((i["ingest_id"], i["source_uri"]) for i in parameters["ingests"]),
+        config_hash(config),
+        content_sha256(eval_file) if eval_file and Path(eval_file).exists() else None,
         content_sha256(parameters["tokenizer"]),
     )
 
