@@ -29,10 +29,18 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline.identity import tree_sha256
+from pipeline.identity import file_sha256, tree_sha256
 
 TRUNCATION_RULE = "keep_prompt_end_reject_long_response"
 PLAIN_TEMPLATE = "<bos>{Role}: {content}\\n\\n... Assistant: "
+
+
+def tokenizer_sha256(path: Path) -> str:
+    """sha256 of the folder's `tokenizer.json` (the rule dpop.model_io.check_tokenizer applies), so a
+    model folder with the same tokenizer matches the shards and its weights are not hashed; a folder
+    without one (a slow tokenizer) falls back to the hash of the whole folder."""
+    tokenizer_json = Path(path) / "tokenizer.json"
+    return file_sha256(tokenizer_json) if tokenizer_json.is_file() else tree_sha256(path)
 
 
 @dataclass
@@ -69,7 +77,7 @@ class PairTokenizer:
         template = self.chat_template if self.chat_template is not None else f"plain:{PLAIN_TEMPLATE}"
         return {
             "path": str(self.path.resolve()),
-            "sha256": tree_sha256(self.path),
+            "sha256": tokenizer_sha256(self.path),
             "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
             "chat_template": "tokenizer" if self.chat_template is not None else "plain",
             "pad_token_id": self.tokenizer.pad_token_id,
