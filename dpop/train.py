@@ -72,7 +72,10 @@ def train(
     eval_set = eval_set if eval_set is not None and len(eval_set) else None
     stored_refs = train_set.has_reference_logps() and (eval_set is None or eval_set.has_reference_logps())
 
-    state = PartialState()
+    # accelerate picks gloo/MULTI_CPU only when told it runs on CPU; it is a process-wide singleton, so
+    # the first PartialState decides for the Trainer's Accelerator too.
+    on_cpu = not _has_accelerator()
+    state = PartialState(cpu=on_cpu)
     run_id = _resolve_run_id(ws, dataset_id, model_path, config, run_id, resume, state)
     run_dir = ws.run_dir(run_id)
     checkpoint = _last_checkpoint(run_dir) if resume else None
@@ -101,7 +104,7 @@ def train(
 
     trainer = DPOPTrainer(
         model=model,
-        args=_training_arguments(config, run_dir, has_eval=eval_set is not None),
+        args=_training_arguments(config, run_dir, has_eval=eval_set is not None, on_cpu=on_cpu),
         train_dataset=train_set,
         eval_dataset=eval_set,
         data_collator=PairCollator(pad_token_id=_pad_token_id(tokenizer)),
@@ -185,12 +188,20 @@ def _add_lora(model: Any, config: TrainConfig) -> Any:
     return model
 
 
-def _training_arguments(config: TrainConfig, run_dir: Path, has_eval: bool) -> Any:
+def _has_accelerator() -> bool:
+    import torch
+
+    if hasattr(torch, "accelerator"):
+        return torch.accelerator.is_available()
+    return torch.cuda.is_available()
+
+
+def _training_arguments(config: TrainConfig, run_dir: Path, has_eval: bool, on_cpu: bool) -> Any:
     import torch
     from transformers import TrainingArguments
 
     bf16, fp16 = config.bf16, config.fp16
-    if not torch.cuda.is_available():
+    if on_cpu:
         if fp16:
             warnings.warn("fp16 needs a GPU; training in float32 on CPU", stacklevel=3)
             fp16 = False
@@ -231,6 +242,7 @@ def _training_arguments(config: TrainConfig, run_dir: Path, has_eval: bool) -> A
         save_total_limit=config.save_total_limit,
         report_to=config.report_to or "none",
         disable_tqdm=config.disable_tqdm,
+        use_cpu=on_cpu,
         remove_unused_columns=False,  # our collator reads dpop_shard columns the model does not take
         dataloader_num_workers=config.dataloader_num_workers,
         **{checkpointing: config.gradient_checkpointing},
