@@ -83,3 +83,22 @@ def train_tiny_tokenizer(
     with atomic_dir(final) as tmp:
         fast.save_pretrained(str(tmp))
     return final
+
+
+def tokenizer_texts_from_pairs(
+    pairs_paths: Iterable[str | os.PathLike[str]], max_texts: int = 50_000
+) -> list[str]:
+    """Prompt contents, chosen and rejected texts of ingested pair tables, in file order, at most `max_texts`."""
+    import polars as pl
+
+    texts: list[str] = []
+    for path in pairs_paths:
+        if len(texts) >= max_texts:
+            break
+        frame = pl.read_parquet(path, columns=["prompt", "chosen", "rejected"], n_rows=max_texts)
+        contents = frame.select(
+            pl.col("prompt").list.eval(pl.element().struct.field("content")).list.join("\n")
+        )
+        for column in (contents.to_series(), frame["chosen"], frame["rejected"]):
+            texts.extend(column.to_list())
+    return texts[:max_texts]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,8 @@ class PairTokenizer:
         if self.tokenizer.eos_token_id is None:
             raise ValueError(f"tokenizer {self.path} has no eos_token: responses need an end token")
         self.max_length, self.max_prompt_length = max_length, max_prompt_length
+        # our own limits apply (and reject instead of cutting): silence the model_max_length warning
+        self.tokenizer.model_max_length = sys.maxsize
         self.chat_template = (
             self.tokenizer.chat_template if isinstance(self.tokenizer.chat_template, str) else None
         )
