@@ -1,0 +1,129 @@
+"""`dpop train`: DPOP training on a dataset version; `dpop model tiny`: a tiny Llama model for demos and tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.commands._common import WorkspaceOption, clean_errors, console
+
+
+def train(
+    workspace: WorkspaceOption = None,
+    dataset: Annotated[
+        str, typer.Option("--dataset", "-d", help="Dataset version id (from `dpop build`/`dpop refs`).")
+    ] = ...,
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="Base model folder (save_pretrained, safetensors).")
+    ] = ...,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="TrainConfig YAML (see examples/train.yaml); flags override it."),
+    ] = None,
+    loss: Annotated[str | None, typer.Option("--loss", help="dpop | dpo | ipo | robust | hinge.")] = None,
+    beta: Annotated[
+        float | None, typer.Option("--beta", help="β: strength of the KL anchor to the reference.")
+    ] = None,
+    penalty_lambda: Annotated[
+        float | None, typer.Option("--lambda", help="DPOP's λ (penalty inside the sigmoid); 0 gives DPO.")
+    ] = None,
+    lora_r: Annotated[int | None, typer.Option("--lora-r", help="LoRA rank; 0 = full fine-tuning.")] = None,
+    learning_rate: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Stop after this many optimizer steps.")
+    ] = None,
+    epochs: Annotated[
+        float | None, typer.Option("--epochs", help="Epochs (when --max-steps is not set).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Pairs per device per step.")] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Run folder name (default: timestamp + hash).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue --run-id from its last checkpoint.")
+    ] = False,
+) -> None:
+    """Train a model on a dataset version with DPO-Positive (or DPO/IPO/rDPO/hinge); write <ws>/runs/<run_id>/."""
+    with clean_errors():
+        from dpop.config import TrainConfig
+        from dpop.train import train as run_training
+        from pipeline.workspace import Workspace
+
+        base = TrainConfig.from_yaml(config) if config else TrainConfig()
+        train_config = base.with_overrides(
+            loss=loss,
+            beta=beta,
+            penalty_lambda=penalty_lambda,
+            lora_r=lora_r,
+            learning_rate=learning_rate,
+            max_steps=max_steps,
+            num_train_epochs=epochs,
+            per_device_train_batch_size=batch_size,
+        )
+        result = run_training(
+            Workspace.open(workspace), dataset, model, train_config, run_id=run_id, resume=resume
+        )
+        print_final_metrics(result.final_metrics)
+        console.print(f"model saved in {result.model_dir}")
+        console.print(result.run_id, highlight=False, markup=False)
+
+
+def print_final_metrics(metrics: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="Final metrics")
+    table.add_column("metric")
+    table.add_column("train", justify="right")
+    table.add_column("eval", justify="right")
+    names = [
+        "loss",
+        "rewards/accuracies",
+        "rewards/margins",
+        "rewards/chosen",
+        "rewards/rejected",
+        "logps/chosen",
+        "ref_logps/chosen",
+        "logps/rejected",
+        "logps/chosen_post_edit",
+        "dpop/penalty",
+        "dpop/penalty_active",
+    ]
+    for name in names:
+        train_value, eval_value = metrics.get(name), metrics.get(f"eval_{name}")
+        if train_value is None and eval_value is None:
+            continue
+        table.add_row(
+            name, *(f"{v:.4g}" if isinstance(v, int | float) else "" for v in (train_value, eval_value))
+        )
+    console.print(table)
+
+
+def tiny(
+    tokenizer: Annotated[
+        Path, typer.Option("--tokenizer", "-t", help="Tokenizer folder (e.g. from `dpop tokenizer train`).")
+    ] = ...,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder to write the model and tokenizer to.")
+    ] = ...,
+    layers: Annotated[int, typer.Option("--layers", help="Transformer blocks.")] = 2,
+    hidden: Annotated[int, typer.Option("--hidden", help="Hidden size.")] = 64,
+    heads: Annotated[int, typer.Option("--heads", help="Attention heads.")] = 4,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random initial weights.")] = 0,
+) -> None:
+    """Write a tiny randomly initialised Llama model (safetensors) beside a copy of the tokenizer."""
+    with clean_errors():
+        from dpop.tiny_model import make_tiny_model
+
+        path = make_tiny_model(
+            tokenizer, out, num_layers=layers, hidden_size=hidden, num_heads=heads, seed=seed
+        )
+        console.print(f"tiny Llama model ({layers} layers, hidden {hidden}) written to {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    model_app = typer.Typer(help="Model utilities.", no_args_is_help=True)
+    model_app.command("tiny")(tiny)
+    app.add_typer(model_app, name="model")
