@@ -59,7 +59,11 @@ def edit_ratios(kept: dict[str, list[float]], ingested: dict[str, list[float]], 
     columns = min(3, len(sources))
     rows = (len(sources) + columns - 1) // columns
     fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.2 * rows), squeeze=False)
-    bins = [i / 40 for i in range(41)]
+    # Bins over the range the data uses: low-edit sources (a few characters changed) would otherwise
+    # fall into one bar.
+    largest = max((max(values) for values in [*kept.values(), *ingested.values()] if values), default=1.0)
+    top = min(1.0, max(largest * 1.05, 0.02))
+    bins = [top * i / 40 for i in range(41)]
     for axis, source in zip(axes.flat, sources, strict=False):
         if ingested.get(source):
             axis.hist(
