@@ -48,7 +48,7 @@ def tiny_base_model(ws: Workspace, texts_from: list[Path]) -> Path:
     return make_tiny_model(tokenizer, ws.models_dir / "base", num_layers=1, hidden_size=32, num_heads=2)
 
 
-CURATION = {"split": {"eval_fraction": 0.1}, "tokenize": {"max_length": 96, "max_prompt_length": 48}}
+CURATION = {"split": {"eval_fraction": 0.2}, "tokenize": {"max_length": 384, "max_prompt_length": 192}}
 TRAINING = {
     "max_steps": 2,
     "per_device_train_batch_size": 4,
