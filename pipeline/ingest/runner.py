@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -348,14 +349,28 @@ def check_conservation(result: IngestResult, pairs_path: Path, rejections_path: 
         problems.append(
             f"{pair_rows} pair rows for {result.rows_kept} kept records ({result.pairs_written} written)"
         )
-    if pair_rows:
-        kept_rows = pq.read_table(pairs_path, columns=["source_row"]).column(0).unique()
-        if len(kept_rows) != result.rows_kept:
-            problems.append(
-                f"{len(kept_rows)} distinct source rows among pairs for {result.rows_kept} kept records"
-            )
+    distinct = _distinct_sorted_rows(pairs_path)
+    if distinct != result.rows_kept:
+        problems.append(f"{distinct} distinct source rows among pairs for {result.rows_kept} kept records")
     if problems:
         raise RuntimeError(f"{result.source_uri}: conservation check failed: {'; '.join(problems)}")
+
+
+def _distinct_sorted_rows(pairs_path: Path) -> int:
+    """Distinct `source_row`s in a pairs file, one row group at a time (pairs are written in row
+    order, so equal rows are adjacent); -1 when rows are out of order, which the caller reports."""
+    distinct, previous = 0, -1
+    parquet = pq.ParquetFile(pairs_path)
+    for group in range(parquet.num_row_groups):
+        rows = parquet.read_row_group(group, columns=["source_row"]).column(0).to_numpy()
+        if len(rows) == 0:
+            continue
+        steps = np.diff(rows, prepend=previous)
+        if (steps < 0).any():
+            return -1
+        distinct += int(np.count_nonzero(steps))
+        previous = int(rows[-1])
+    return distinct
 
 
 # --- ingest.json, latest pointers, catalog ------------------------------------------------------
