@@ -75,7 +75,7 @@ def detect_format(records: Iterable[RawRecord], where: str) -> str:
         )
     keys = set(key_counts.most_common(1)[0][0])
     hint = next((what for needed, what in SUPERVISED_HINTS if needed <= keys), None)
-    what = f"looks like {hint}, not preference pairs" if hint else "matches no preference format"
+    what = f"look like {hint}, not preference pairs" if hint else "match no preference format"
     raise NotPreferenceData(
         f"{where}: records with fields {sorted(keys)} {what}; "
         "pass --format NAME (and --map prompt=...,chosen=...,rejected=...) if it is preference data"
