@@ -1,7 +1,7 @@
 """The workspace folder: where every artefact of a project lives, and its layout.
 
     <root>/catalog.duckdb           artefacts and lineage edges (pipeline.catalog)
-    <root>/sources/<sha256>/        per source file version: pairs.parquet, rejections.parquet, ingest.json
+    <root>/sources/<ingest_id>/     per source file version and ingest options: pairs.parquet, rejections.parquet, ingest.json
     <root>/datasets/<dataset_id>/   manifest.json, pairs.parquet, rejections.parquet, {train,eval}-NNNNN.arrow
     <root>/models/<name>/           base / reference models made here (tiny demo model, SFT warm-up)
     <root>/runs/<run_id>/           training runs: model/, checkpoints, metrics.jsonl, run.json
