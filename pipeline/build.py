@@ -153,6 +153,8 @@ def _identity(
         "config": config_dict,
         "tokenizer_sha256": tokenizer_info["sha256"],
         "chat_template_sha256": tokenizer_info["chat_template_sha256"],
+        # tokenizer.json does not hold which token ends a response or pads: they change the shards
+        "special_tokens": {k: tokenizer_info[k] for k in ("eos_token_id", "pad_token_id")},
         "truncation": TRUNCATION_RULE,
         "contracts": {
             name: load_contract(name).version for name in ("preference_pair", "rejection", "dpop_shard")

@@ -29,7 +29,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from pipeline.curate.filters import PROMPT_KEY
 from pipeline.identity import file_sha256, tree_sha256
 
 TRUNCATION_RULE = "keep_prompt_end_reject_long_response"
@@ -103,20 +105,27 @@ class PairTokenizer:
         )
         return (pl.select(text).to_series() + "\n\nAssistant: ").to_list()
 
-    def _ids(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Flat int32 token ids and int64 offsets for a batch of texts."""
-        encoded = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-        array = pa.array(encoded, type=pa.list_(pa.int32()))
+    def _ids(self, texts: pa.Array | list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Flat int32 token ids and int64 offsets for a batch of texts; each distinct text is
+        tokenised once (real data repeats prompts and chosen answers across pairs)."""
+        encoded = pc.dictionary_encode(pa.array(texts, pa.string()) if isinstance(texts, list) else texts)
+        unique = encoded.dictionary.to_pylist()
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # the Rust tokenizer directly: no per-text Python wrappers
+            ids = [e.ids for e in backend.encode_batch_fast(unique, add_special_tokens=False)]
+        else:
+            ids = self.tokenizer(unique, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        array = pa.array(ids, type=pa.list_(pa.int32())).take(encoded.indices)
         offsets = array.offsets.to_numpy().astype(np.int64)
         values = array.values.to_numpy() if len(array.values) else np.zeros(0, np.int32)
-        return values, offsets
+        return values, offsets - offsets[0] if len(offsets) else offsets
 
     def encode(self, frame: pl.DataFrame) -> Tokenised:
-        prompt_values, prompt_offsets = self._ids(self.prompt_texts(frame["prompt"]))
+        prompt_values, prompt_offsets = self._ids(self._prompt_texts_once(frame))
         prompt_values, prompt_offsets = _keep_end(prompt_values, prompt_offsets, self.max_prompt_length)
         eos = self.tokenizer.eos_token_id
-        chosen_values, chosen_offsets = _append(*self._ids(frame["chosen"].to_list()), eos)
-        rejected_values, rejected_offsets = _append(*self._ids(frame["rejected"].to_list()), eos)
+        chosen_values, chosen_offsets = _append(*self._ids(frame["chosen"].to_arrow()), eos)
+        rejected_values, rejected_offsets = _append(*self._ids(frame["rejected"].to_arrow()), eos)
         prompt_len = np.diff(prompt_offsets)
         longest = np.maximum(np.diff(chosen_offsets), np.diff(rejected_offsets))
         total = prompt_len + longest
@@ -130,6 +139,17 @@ class PairTokenizer:
             too_long=total > self.max_length,
             total_tokens=total,
         )
+
+    def _prompt_texts_once(self, frame: pl.DataFrame) -> pa.Array:
+        """Prompt texts per row, rendering each distinct prompt once (by prompt key when present)."""
+        if PROMPT_KEY not in frame.columns:
+            return pa.array(self.prompt_texts(frame["prompt"]), pa.string())
+        keys = pc.dictionary_encode(frame[PROMPT_KEY].to_arrow().cast(pa.string()))
+        if isinstance(keys, pa.ChunkedArray):
+            keys = keys.combine_chunks()
+        first = pl.Series(keys.indices).arg_unique()  # first row of each distinct key, in key order
+        texts = pa.array(self.prompt_texts(frame["prompt"].gather(first)), pa.string())
+        return texts.take(keys.indices)
 
 
 def _list_array(values: np.ndarray, offsets: np.ndarray) -> pa.ListArray:

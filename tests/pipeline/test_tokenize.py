@@ -103,3 +103,24 @@ def test_vector_helpers_match_python(a: list[list[int]], b: list[list[int]], lim
     values, offsets = _keep_end(*flat(a), limit)
     kept = [values[offsets[i] : offsets[i + 1]].tolist() for i in range(len(a))]
     assert kept == [row[-limit:] if len(row) > limit else row for row in a]
+
+
+def test_repeated_prompts_and_responses_tokenise_once_with_same_result(tok_path: Path) -> None:
+    from pipeline.curate.filters import PROMPT_KEY
+    from pipeline.curate.split import prompt_keys
+
+    pairs = PairTokenizer(tok_path, max_length=256, max_prompt_length=128)
+    base = frame(
+        [
+            ("What is 2+2?", "It is 4.", "It is 5."),
+            ("Other", "It is 4.", "x"),
+            ("What is 2+2?", "y", "It is 5."),
+        ]
+    )
+    keyed = base.with_columns(prompt_keys(base["prompt"]).alias(PROMPT_KEY))
+    plain, deduped = pairs.encode(base), pairs.encode(keyed)
+    for name in ("prompt_ids", "chosen_ids", "rejected_ids"):
+        assert getattr(plain, name).equals(getattr(deduped, name))
+    tok = pairs.tokenizer
+    one_by_one = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in base["chosen"]]
+    assert plain.chosen_ids.to_pylist() == one_by_one
