@@ -167,6 +167,8 @@ def _summary(
         "eval_rows": build["eval_rows"],
         "funnel": [list(step) if not isinstance(step, dict) else step for step in build.get("funnel") or []],
         "run_id": trained["run_id"],
+        "run_dir": trained["run_dir"],
+        "resumed": bool(trained.get("resumed")),
         "model_id": trained["model_id"],
         "model_dir": trained["model_dir"],
         "final_metrics": trained.get("final_metrics") or {},
