@@ -27,6 +27,9 @@ from pipeline.shards import MANIFEST, SPLITS, load_manifest, write_manifest, wri
 from pipeline.workspace import Workspace
 
 DEFAULT_BATCH_SIZE = 64
+# Padded tokens per forward pass (both sequences of each pair): long pairs get smaller batches, so
+# activation and attention memory stay bounded whatever the length mix.
+DEFAULT_TOKEN_BUDGET = 65_536
 # Files of the parent version that describe its rows and travel with the new version unchanged.
 CARRIED_FILES = ("pairs.parquet", "rejections.parquet")
 
@@ -124,8 +127,28 @@ def compute_reference_logps(
     return new_id
 
 
+def token_budget_batches(
+    order: np.ndarray, lengths: np.ndarray, batch_size: int, token_budget: int
+) -> list[np.ndarray]:
+    """Cut `order` (longest first) into batches of at most `batch_size` pairs and `token_budget` padded
+    tokens (2 sequences × the batch's longest); a pair longer than the budget still gets its own batch."""
+    batches, start = [], 0
+    while start < len(order):
+        longest = int(lengths[order[start]])  # longest first: the first row sets the padded width
+        count = max(1, min(batch_size, token_budget // max(2 * longest, 1)))
+        batches.append(order[start : start + count])
+        start += count
+    return batches
+
+
 def split_reference_logps(
-    model: Any, dataset: ShardDataset, pad_token_id: int, batch_size: int, device: Any, progress: bool = False
+    model: Any,
+    dataset: ShardDataset,
+    pad_token_id: int,
+    batch_size: int,
+    device: Any,
+    progress: bool = False,
+    token_budget: int = DEFAULT_TOKEN_BUDGET,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Summed log-probs of chosen and rejected for every row of `dataset`, in row order (float32)."""
     import torch
@@ -137,11 +160,11 @@ def split_reference_logps(
     chosen = np.zeros(len(dataset), dtype=np.float32)
     rejected = np.zeros(len(dataset), dtype=np.float32)
     # Longest first: similar lengths share a batch (little padding) and an out-of-memory shows at once.
-    order = np.argsort(-dataset.lengths(), kind="stable")
+    lengths = dataset.lengths()
+    order = np.argsort(-lengths, kind="stable")
     with Progress(disable=not progress, transient=True) as bar, torch.inference_mode():
         task = bar.add_task(f"reference log-probs ({dataset.name})", total=len(order))
-        for start in range(0, len(order), batch_size):
-            indices = order[start : start + batch_size]
+        for indices in token_budget_batches(order, lengths, batch_size, token_budget):
             batch = collate([dataset[int(index)] for index in indices])
             batch = {key: value.to(device) for key, value in batch.items()}
             result = pair_logps(model, batch)

@@ -62,7 +62,8 @@ def test_logps_match_a_plain_log_softmax(model):
     assert torch.cat([result.chosen, result.rejected]).tolist() == pytest.approx(expected, abs=1e-5)
 
 
-def test_padding_never_changes_a_pairs_logps(model):
+@pytest.mark.parametrize("pass_attention_mask", [False, True])
+def test_padding_never_changes_a_pairs_logps(model, pass_attention_mask):
     short = {
         "prompt_ids": [5, 6, 7],
         "chosen_ids": [8, 9, 2],
@@ -77,9 +78,11 @@ def test_padding_never_changes_a_pairs_logps(model):
     }
     collate = PairCollator(pad_token_id=0)
     with torch.no_grad():
-        alone = pair_logps(model, collate([short]))
-        together = pair_logps(model, collate([long, short]))
-        padded = pair_logps(model, PairCollator(pad_token_id=0, pad_to_multiple_of=64)([short]))
+        alone = pair_logps(model, collate([short]), pass_attention_mask)
+        together = pair_logps(model, collate([long, short]), pass_attention_mask)
+        padded = pair_logps(
+            model, PairCollator(pad_token_id=0, pad_to_multiple_of=64)([short]), pass_attention_mask
+        )
     for other in (together, padded):
         index = 1 if other is together else 0
         assert other.chosen[index].item() == pytest.approx(alone.chosen[0].item(), abs=1e-5)
