@@ -47,9 +47,6 @@ def run(
         Path | None, typer.Option("--config", "-c", help="dpop.yaml (see `dpop init`).")
     ] = None,
     workspace: WorkspaceOption = None,
-    fmt: Annotated[
-        str | None, typer.Option("--format", help="Input format for every --input (default: detected).")
-    ] = None,
     n: Annotated[
         int | None, typer.Option("--n", help="Synthetic pairs when no --input is given.", min=20)
     ] = None,
@@ -86,7 +83,7 @@ def run(
         settings = load_run_config(config, n=n, steps=steps, sft_steps=sft_steps, seed=seed)
         if engine not in ("prefect", "direct"):
             raise ValueError(f"--engine must be 'prefect' or 'direct', got {engine!r}")
-        summary = _run_chain(settings, input, model, fmt, workspace, engine)
+        summary = _run_chain(settings, input, model, workspace, engine)
         if report:
             from pipeline.report import build_report
 
@@ -104,7 +101,6 @@ def _run_chain(
     settings: Any,
     inputs: list[str] | None,
     model: Path | None,
-    fmt: str | None,
     workspace: Path | None,
     engine: str,
 ) -> dict:
@@ -113,9 +109,8 @@ def _run_chain(
 
     ws = Workspace.open(workspace)
     sources = [str(s) for s in inputs] if inputs else [str(_synthetic_input(ws, settings))]
-    fmt = fmt or (None if inputs else "flat")
     console.rule("[bold]1/5 ingest")
-    ingests = _ingest(ws, sources, fmt)
+    ingests = _ingest(ws, sources)
     console.rule("[bold]2/5 tokenizer and base model")
     base = Path(model).expanduser().resolve() if model else _tiny_base_model(ws, ingests, settings)
     console.print(f"base model: {base}")
@@ -125,7 +120,7 @@ def _run_chain(
     reference = _reference(ws, base, build.dataset_id, settings)
     console.rule("[bold]5/5 reference log-probs and DPOP training")
     train_config = TrainConfig.from_dict(settings.training, source="training")
-    result = _train(ws, sources, settings, reference, train_config, build.dataset_id, engine)
+    result = _train(ws, sources, settings, base, reference, train_config, build.dataset_id, engine)
     return {"workspace": ws, "build": build, "reference": reference, **result}
 
 
@@ -139,14 +134,15 @@ def _synthetic_input(ws: Any, settings: Any) -> Path:
     return path
 
 
-def _ingest(ws: Any, sources: list[str], fmt: str | None) -> list:
+def _ingest(ws: Any, sources: list[str]) -> list:
+    """Each source with its format detected (as the flow does, so its ingest is a cache hit)."""
     from rich.table import Table
 
     from pipeline.ingest import ingest_source
 
     results = []
     for source in sources:
-        results += ingest_source(source, ws, fmt=fmt, on_note=lambda text: console.print(f"  [dim]{text}[/]"))
+        results += ingest_source(source, ws, on_note=lambda text: console.print(f"  [dim]{text}[/]"))
     table = Table("source", "format", "read", "kept", "rejected", "cached")
     for r in results:
         table.add_row(
@@ -256,7 +252,9 @@ def _prefect_defaults(ws: Any) -> None:
     """Without a Prefect server configured, keep the ephemeral server's database in the workspace, so
     concurrent runs in other workspaces never share (and lock) one SQLite file in ~/.prefect."""
     if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
-        os.environ["PREFECT_HOME"] = str(ws.cache_dir / "prefect")
+        home = ws.cache_dir / "prefect"
+        home.mkdir(parents=True, exist_ok=True)
+        os.environ["PREFECT_HOME"] = str(home)
     # A loaded machine can take longer than Prefect's default 20 s to start the ephemeral server.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
@@ -265,6 +263,7 @@ def _train(
     ws: Any,
     sources: list[str],
     settings: Any,
+    base: Path,
     reference: Path,
     train_config: Any,
     dataset_id: str,
@@ -283,7 +282,7 @@ def _train(
             base_model=reference,
             reference_model=reference,
             train_config=train_config,
-            tokenizer=reference,
+            tokenizer=base,  # the tokenizer the dataset above was built with: its build is a cache hit
             warm_start=False,
         )
         return {
