@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import prefect.runtime.flow_run
 from prefect import flow
 
 from flows.artifacts import publish
@@ -133,6 +134,7 @@ def data_to_model_flow(
                 start_key=start_key(start or base, warm_start, base),
             )
             summary = _summary(ws, ingests, build, refs, trained)
+            summary["flow_run_id"] = str(prefect.runtime.flow_run.id)
             lineage.outputs = [file_ref(trained["model_dir"])]
             publish(ws, ingests, build, summary)
         print(f"data-to-model: {summary['status']}: run {summary['run_id']}, model {summary['model_dir']}")

@@ -153,3 +153,22 @@ def test_refresh_retrains_only_on_new_data(prefect_server, shared_data: Path, tm
     completes = [e for events in runs.values() for e in events if e["eventType"] == "COMPLETE"]
     train_outputs = [o for e in completes if e["job"]["name"] == "ingest.ingest-file" for o in e["outputs"]]
     assert all("outputStatistics" in o["outputFacets"] and "schema" in o["facets"] for o in train_outputs)
+
+    # Prefect artifacts of the last run: the funnel table and the markdown summary, under stable keys.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[third["flow_run_id"]]))
+        )
+    by_key = {a.key: a for a in artifacts}
+    assert set(by_key) == {"dpop-funnel", "dpop-summary"}
+    funnel = (
+        json.loads(by_key["dpop-funnel"].data)
+        if isinstance(by_key["dpop-funnel"].data, str)
+        else by_key["dpop-funnel"].data
+    )
+    ingest_rows = [row for row in funnel if row["stage"] == "ingest"]
+    assert sum(row["rows_in"] for row in ingest_rows) == third["rows_read"]
+    assert "Edit ratio" in by_key["dpop-summary"].data and third["run_id"] in by_key["dpop-summary"].data
