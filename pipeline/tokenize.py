@@ -35,6 +35,7 @@ from pipeline.curate.filters import PROMPT_KEY
 from pipeline.identity import file_sha256, tree_sha256
 
 TRUNCATION_RULE = "keep_prompt_end_reject_long_response"
+_TOKENIZE_CHUNK = 1024
 PLAIN_TEMPLATE = "<bos>{Role}: {content}\\n\\n... Assistant: "
 
 
@@ -111,11 +112,19 @@ class PairTokenizer:
         encoded = pc.dictionary_encode(pa.array(texts, pa.string()) if isinstance(texts, list) else texts)
         unique = encoded.dictionary.to_pylist()
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is not None:  # the Rust tokenizer directly: no per-text Python wrappers
-            ids = [e.ids for e in backend.encode_batch_fast(unique, add_special_tokens=False)]
-        else:
-            ids = self.tokenizer(unique, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-        array = pa.array(ids, type=pa.list_(pa.int32())).take(encoded.indices)
+        pieces = []
+        # chunks bound the Python lists of ids (36 bytes per token) to a few MB whatever the batch
+        for start in range(0, len(unique), _TOKENIZE_CHUNK):
+            chunk = unique[start : start + _TOKENIZE_CHUNK]
+            if backend is not None:  # the Rust tokenizer directly: no per-text Python wrappers
+                ids = [e.ids for e in backend.encode_batch_fast(chunk, add_special_tokens=False)]
+            else:
+                ids = self.tokenizer(chunk, add_special_tokens=False, return_attention_mask=False)[
+                    "input_ids"
+                ]
+            pieces.append(pa.array(ids, type=pa.list_(pa.int32())))
+        array = pa.concat_arrays(pieces) if pieces else pa.array([], pa.list_(pa.int32()))
+        array = array.take(encoded.indices)
         offsets = array.offsets.to_numpy().astype(np.int64)
         values = array.values.to_numpy() if len(array.values) else np.zeros(0, np.int32)
         return values, offsets - offsets[0] if len(offsets) else offsets
