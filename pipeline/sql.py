@@ -118,6 +118,7 @@ def _ingests(ws: Workspace) -> pa.Table:
         ("rows_read", pa.int64()),
         ("rows_kept", pa.int64()),
         ("rows_rejected", pa.int64()),
+        ("pairs_written", pa.int64()),
         ("rejected_by_reason", pa.string()),
     ]
     rows = []
@@ -182,16 +183,16 @@ def _text(value: Any) -> str | None:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _shards(ws: Workspace) -> pa.Table:
+def _shards(ws: Workspace) -> tuple[dict[str, pa.Table], str]:
+    """Each shard memory-mapped and registered on its own, and the `shards` view as their UNION ALL with
+    dataset_id, split and shard as SQL constants: nothing is copied or materialised per query."""
     from pipeline.shards import SPLITS, open_shard, shard_schema
 
-    schema = (
-        shard_schema()
-        .append(_id_column("dataset_id"))
-        .append(_id_column("split"))
-        .append(_id_column("shard"))
-    )
-    tables = []
+    schema = shard_schema()
+    tables: dict[str, pa.Table] = {"_shard_empty": schema.empty_table()}
+    selects = [
+        "SELECT *, NULL::VARCHAR AS dataset_id, NULL::VARCHAR AS split, NULL::VARCHAR AS shard FROM _shard_empty"
+    ]
     for manifest_path in _complete(ws.datasets_dir, "manifest.json"):
         manifest = _read_json(manifest_path)
         dataset_id = manifest.get("dataset_id", manifest_path.parent.name)
@@ -200,12 +201,17 @@ def _shards(ws: Workspace) -> pa.Table:
                 path = manifest_path.parent / info["file"]
                 if not path.is_file():
                     continue
-                table = open_shard(path)  # memory-mapped: no copy of the token lists
-                n = table.num_rows
-                for name, value in (("dataset_id", dataset_id), ("split", split), ("shard", info["file"])):
-                    table = table.append_column(name, pa.array([value] * n, pa.string()))
-                tables.append(table.select(schema.names).cast(schema))
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+                name = f"_shard_{len(tables)}"
+                tables[name] = open_shard(path).select(schema.names)
+                selects.append(
+                    f"SELECT *, {_sql_text(dataset_id)} AS dataset_id, {_sql_text(split)} AS split, "
+                    f"{_sql_text(info['file'])} AS shard FROM {name}"
+                )
+    return tables, "CREATE VIEW shards AS\n" + "\nUNION ALL BY NAME\n".join(selects) + ";"
+
+
+def _sql_text(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _metrics(ws: Workspace) -> pa.Table:
@@ -305,7 +311,6 @@ CREATE VIEW rejections AS
 CREATE VIEW ingests AS SELECT * FROM _ingests;
 CREATE VIEW datasets AS
     SELECT d.*, a.created_at FROM _datasets d LEFT JOIN _artifacts a ON a.id = d.dataset_id;
-CREATE VIEW shards AS SELECT * FROM _shards;
 CREATE VIEW metrics AS SELECT * FROM _metrics;
 """
 
@@ -328,14 +333,16 @@ def connect_views(workspace: Workspace | str | Path) -> duckdb.DuckDBPyConnectio
         "_curate_rejections": curate_rejections,
         "_ingests": _ingests(ws),
         "_datasets": _datasets(ws),
-        "_shards": _shards(ws),
         "_metrics": _metrics(ws),
         "_artifacts": artifacts,
         "_edges": edges,
     }
+    shard_tables, shards_view = _shards(ws)
+    sources.update(shard_tables)
     for name, source in sources.items():
         connection.register(name, source)
     connection.execute(_DERIVED_VIEWS)
+    connection.execute(shards_view)
     # From here on the connection can read only what was registered above, and no statement can undo it.
     connection.execute("SET enable_external_access = false")
     connection.execute("SET autoinstall_known_extensions = false")
