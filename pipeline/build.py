@@ -3,7 +3,7 @@
 Streaming in two passes so memory stays flat in the number of pairs:
 
 1. per source file, per batch: score, run the row filters, write the survivors (scored) to a staging
-   Parquet file and keep only their keys (order, pair id, prompt key, provenance);
+   Parquet file and keep only their keys (input order, pair id, prompt key: 40 bytes a pair);
 2. the global filters (duplicate pair, pairs per prompt) run on the key frame; then per staged batch:
    drop what they rejected, assign the split, tokenise (rejecting `too_long`), and stream the kept
    pairs, the rejections and the train/eval shards to their files.
@@ -205,21 +205,18 @@ def _build_into(
                     _write_rejections(rejections, dropped, "curate", rejection_schema)
                     kept = kept.with_columns(prompt_keys(kept["prompt"]).alias(PROMPT_KEY))
                     stage.write_table(kept.to_arrow().cast(stage.schema))
-                    key_parts.append(
-                        kept.select(ORDER, "pair_id", PROMPT_KEY, "source_uri", "source_row", "source_sha256")
-                    )
+                    key_parts.append(kept.select(ORDER, _key128("pair_id"), _key128(PROMPT_KEY)))
 
         # global filters over the keys of every surviving pair, in input order
-        keys = pl.concat(key_parts) if key_parts else pl.DataFrame()
+        keys = pl.concat(key_parts, rechunk=True) if key_parts else pl.DataFrame()
         del key_parts
-        globally_dropped = pl.Series(ORDER, [], dtype=pl.Int64)
+        global_drops = pl.DataFrame(schema={ORDER: pl.Int64, "reason": pl.String, "detail": pl.String})
         if keys.height:
-            keys = keys.sort(ORDER)
-            _, dropped = run_filters(keys, global_filters, counts)
+            _, dropped = run_filters(keys.sort(ORDER), global_filters, counts)
             if dropped is not None:
-                _write_rejections(rejections, dropped, "curate", rejection_schema)
-                globally_dropped = dropped[ORDER]
+                global_drops = dropped.select(ORDER, "reason", "detail")
         del keys
+        dropped_orders = global_drops[ORDER].implode()
 
         # pass 2: split, tokenise, write pairs, rejections and shards
         token_count = FilterCount("tokenize.max_length", "too_long")
@@ -230,7 +227,15 @@ def _build_into(
         pairs_schema = pair_contract.schema()
         with pq.ParquetWriter(out / PAIRS_FILE, pairs_schema) as pairs_writer:
             for table in _read_batches(stage_path, batch_rows):
-                frame = pl.from_arrow(table).filter(~pl.col(ORDER).is_in(globally_dropped.implode()))
+                frame = pl.from_arrow(table)
+                if global_drops.height:
+                    # rows the global filters dropped become rejections here, where their columns are
+                    is_dropped = pl.col(ORDER).is_in(dropped_orders)
+                    dropped = frame.filter(is_dropped).join(
+                        global_drops, on=ORDER, how="left", maintain_order="left"
+                    )
+                    _write_rejections(rejections, dropped, "curate", rejection_schema)
+                    frame = frame.filter(~is_dropped)
                 if frame.height == 0:
                     continue
                 frame = frame.with_columns(split_expr(PROMPT_KEY, config.split.eval_fraction).alias("split"))
@@ -273,6 +278,14 @@ def _build_into(
         for split in ("train", "eval")
     }
     return funnel, splits
+
+
+def _key128(column: str) -> pl.Expr:
+    """A hex id as a struct of two u64 (its first 128 bits): 16 bytes a row instead of a string, so the
+    key frame of a million pairs stays small. Exact for pair ids (128-bit already)."""
+    hi = pl.col(column).str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).alias("hi")
+    lo = pl.col(column).str.slice(16, 16).str.to_integer(base=16, dtype=pl.UInt64).alias("lo")
+    return pl.struct(hi, lo).alias(column)
 
 
 def _stage_schema(pair_contract) -> pa.Schema:
