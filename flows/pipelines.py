@@ -7,6 +7,7 @@ events for itself. `flows/data_to_model.py` chains them.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,10 @@ from flows.caching import outputs_present, result_storage
 from flows.openlineage_events import DatasetRef, file_ref, flow_run_events
 from flows.tasks import build_dataset_task, ingest_file, reference_logps_task, train_task
 from pipeline.workspace import Workspace
+
+# The ephemeral Prefect server started for a run inherits this: its telemetry heartbeat otherwise races
+# the flow's own writes on the server's SQLite file and prints "database is locked" tracebacks.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def expand_sources(sources: list[str]) -> list[tuple[str, bool]]:
