@@ -54,7 +54,6 @@ DEFAULT_BATCH_ROWS = 8192
 PAIRS_FILE = "pairs.parquet"
 REJECTIONS_FILE = "rejections.parquet"
 _STAGE = f"{TMP_PREFIX}stage1.parquet"
-_SOURCE = "_source"  # internal column: index of the ingest a row came from
 
 
 class IngestLike(Protocol):
@@ -168,6 +167,24 @@ def _read_batches(path: Path, batch_rows: int) -> Iterator[pa.Table]:
         yield pa.Table.from_batches([batch])
 
 
+@dataclass
+class _Run:
+    """What the two passes share: output folder, config, tokenizer, filters, counters, writers."""
+
+    out: Path
+    config: CurationConfig
+    tokenizer: PairTokenizer
+    row_filters: list
+    global_filters: list
+    counts: dict[str, FilterCount]
+    batch_rows: int
+    rejections: pq.ParquetWriter | None = None
+    token_count: FilterCount = field(default_factory=lambda: FilterCount("tokenize.max_length", "too_long"))
+
+    def reject(self, dropped: pl.DataFrame | None, stage: str) -> None:
+        _write_rejections(self.rejections, dropped, stage)
+
+
 def _build_into(
     out: Path,
     ingests: Sequence[IngestLike],
@@ -176,108 +193,126 @@ def _build_into(
     filters: list,
     batch_rows: int,
 ) -> tuple[list[tuple[str, int, int, str]], dict[str, Any]]:
-    row_filters = [f for f in filters if not f.global_scope]
-    global_filters = [f for f in filters if f.global_scope]
-    counts: dict[str, FilterCount] = {f.name: FilterCount(f.name, f.reason) for f in filters}
-    rejection_schema = load_contract("rejection").schema()
-    pair_contract = load_contract("preference_pair")
+    run = _Run(
+        out=out,
+        config=config,
+        tokenizer=tokenizer,
+        row_filters=[f for f in filters if not f.global_scope],
+        global_filters=[f for f in filters if f.global_scope],
+        counts={f.name: FilterCount(f.name, f.reason) for f in filters},
+        batch_rows=batch_rows,
+    )
     stage_path = out / _STAGE
-    rows_in = 0
-    key_parts = []
-    with pq.ParquetWriter(out / REJECTIONS_FILE, rejection_schema) as rejections:
-        checked = False
-        with pq.ParquetWriter(stage_path, _stage_schema(pair_contract)) as stage:
-            # pass 1: score and row filters, batch by batch
-            for source_index, item in enumerate(ingests):
-                for table in _read_batches(Path(item.pairs_path), batch_rows):
-                    scored = score_pairs(
-                        table.drop_columns([c for c in SCORE_COLUMNS if c in table.column_names])
-                    )
-                    frame = pl.from_arrow(scored).with_columns(
-                        pl.int_range(rows_in, rows_in + scored.num_rows, dtype=pl.Int64).alias(ORDER),
-                        pl.lit(source_index, dtype=pl.Int32).alias(_SOURCE),
-                    )
-                    if not checked:
-                        check_sql_filters(row_filters, frame)
-                        checked = True
-                    rows_in += scored.num_rows
-                    kept, dropped = run_filters(frame, row_filters, counts)
-                    _write_rejections(rejections, dropped, "curate", rejection_schema)
-                    kept = kept.with_columns(prompt_keys(kept["prompt"]).alias(PROMPT_KEY))
-                    stage.write_table(kept.to_arrow().cast(stage.schema))
-                    key_parts.append(kept.select(ORDER, _key128("pair_id"), _key128(PROMPT_KEY)))
-
-        # global filters over the keys of every surviving pair, in input order
-        keys = pl.concat(key_parts, rechunk=True) if key_parts else pl.DataFrame()
-        del key_parts
-        global_drops = pl.DataFrame(schema={ORDER: pl.Int64, "reason": pl.String, "detail": pl.String})
-        if keys.height:
-            _, dropped = run_filters(keys.sort(ORDER), global_filters, counts)
-            if dropped is not None:
-                global_drops = dropped.select(ORDER, "reason", "detail")
+    with pq.ParquetWriter(out / REJECTIONS_FILE, load_contract("rejection").schema()) as rejections:
+        run.rejections = rejections
+        rows_in, keys = _pass_one(run, ingests, stage_path)
+        global_drops = _global_drops(run, keys)
         del keys
-        dropped_orders = global_drops[ORDER].implode()
-
-        # pass 2: split, tokenise, write pairs, rejections and shards
-        token_count = FilterCount("tokenize.max_length", "too_long")
-        writers = {
-            split: SplitWriter(out, split, config.shards.rows_per_shard) for split in ("train", "eval")
-        }
-        split_rows = {"train": 0, "eval": 0}
-        pairs_schema = pair_contract.schema()
-        with pq.ParquetWriter(out / PAIRS_FILE, pairs_schema) as pairs_writer:
-            for table in _read_batches(stage_path, batch_rows):
-                frame = pl.from_arrow(table)
-                if global_drops.height:
-                    # rows the global filters dropped become rejections here, where their columns are
-                    is_dropped = pl.col(ORDER).is_in(dropped_orders)
-                    dropped = frame.filter(is_dropped).join(
-                        global_drops, on=ORDER, how="left", maintain_order="left"
-                    )
-                    _write_rejections(rejections, dropped, "curate", rejection_schema)
-                    frame = frame.filter(~is_dropped)
-                if frame.height == 0:
-                    continue
-                frame = frame.with_columns(split_expr(PROMPT_KEY, config.split.eval_fraction).alias("split"))
-                tokens = tokenizer.encode(frame)
-                token_count.rows_in += frame.height
-                too_long = pl.Series(tokens.too_long)
-                if too_long.any():
-                    limit = config.tokenize.max_length
-                    long_rows = (
-                        frame.filter(too_long)
-                        .with_columns(pl.Series("_total", tokens.total_tokens[tokens.too_long]))
-                        .with_columns(
-                            reason=pl.lit("too_long"),
-                            detail=pl.format(
-                                "prompt + response is {} tokens, over max_length {}", "_total", pl.lit(limit)
-                            ),
-                        )
-                    )
-                    token_count.dropped += long_rows.height
-                    _write_rejections(rejections, long_rows, "tokenize", rejection_schema)
-                keep = ~too_long
-                kept = frame.filter(keep)
-                pairs_writer.write_table(
-                    pair_contract.conform(kept.select(list(pairs_schema.names)).to_arrow())
-                )
-                shard_rows = _shard_table(kept, tokens, keep.to_numpy())
-                for split in ("train", "eval"):
-                    part = shard_rows.filter(pa.array((kept["split"] == split).to_numpy()))
-                    if part.num_rows:
-                        writers[split].write(part)
-                        split_rows[split] += part.num_rows
-        shard_infos = {split: writer.close() for split, writer in writers.items()}
+        split_rows, shard_infos = _pass_two(run, stage_path, global_drops)
     stage_path.unlink()
 
     funnel = [("input", rows_in, 0, "")]
-    funnel += [(c.name, c.rows_in, c.dropped, c.reason) for c in counts.values()]
-    funnel.append((token_count.name, token_count.rows_in, token_count.dropped, token_count.reason))
+    funnel += [(c.name, c.rows_in, c.dropped, c.reason) for c in run.counts.values()]
+    funnel.append(
+        (run.token_count.name, run.token_count.rows_in, run.token_count.dropped, run.token_count.reason)
+    )
     splits = {
         split: {"rows": split_rows[split], "shards": [info.as_dict() for info in shard_infos[split]]}
         for split in ("train", "eval")
     }
     return funnel, splits
+
+
+def _pass_one(run: _Run, ingests: Sequence[IngestLike], stage_path: Path) -> tuple[int, pl.DataFrame]:
+    """Score and row-filter every batch; stage the survivors; return (rows in, their key frame)."""
+    rows_in = 0
+    key_parts = []
+    pair_contract = load_contract("preference_pair")
+    with pq.ParquetWriter(stage_path, _stage_schema(pair_contract)) as stage:
+        for item in ingests:
+            for table in _read_batches(Path(item.pairs_path), run.batch_rows):
+                scored = score_pairs(
+                    table.drop_columns([c for c in SCORE_COLUMNS if c in table.column_names])
+                )
+                frame = pl.from_arrow(scored).with_columns(
+                    pl.int_range(rows_in, rows_in + scored.num_rows, dtype=pl.Int64).alias(ORDER)
+                )
+                if rows_in == 0:
+                    check_sql_filters(run.row_filters, frame)
+                rows_in += scored.num_rows
+                kept, dropped = run_filters(frame, run.row_filters, run.counts)
+                run.reject(dropped, "curate")
+                kept = kept.with_columns(prompt_keys(kept["prompt"]).alias(PROMPT_KEY))
+                stage.write_table(kept.to_arrow().cast(stage.schema))
+                key_parts.append(kept.select(ORDER, _key128("pair_id"), _key128(PROMPT_KEY)))
+    keys = pl.concat(key_parts, rechunk=True) if key_parts else pl.DataFrame()
+    return rows_in, keys
+
+
+def _global_drops(run: _Run, keys: pl.DataFrame) -> pl.DataFrame:
+    """The global filters over the keys of every surviving pair, in input order: (order, reason, detail)."""
+    empty = pl.DataFrame(schema={ORDER: pl.Int64, "reason": pl.String, "detail": pl.String})
+    if keys.height == 0:
+        return empty
+    _, dropped = run_filters(keys.sort(ORDER), run.global_filters, run.counts)
+    return empty if dropped is None else dropped.select(ORDER, "reason", "detail")
+
+
+def _pass_two(
+    run: _Run, stage_path: Path, global_drops: pl.DataFrame
+) -> tuple[dict[str, int], dict[str, list]]:
+    """Per staged batch: drop what the global filters rejected, split, tokenise, write everything."""
+    writers = {
+        split: SplitWriter(run.out, split, run.config.shards.rows_per_shard) for split in ("train", "eval")
+    }
+    split_rows = {"train": 0, "eval": 0}
+    pair_contract = load_contract("preference_pair")
+    pairs_schema = pair_contract.schema()
+    dropped_orders = global_drops[ORDER].implode()
+    with pq.ParquetWriter(run.out / PAIRS_FILE, pairs_schema) as pairs_writer:
+        for table in _read_batches(stage_path, run.batch_rows):
+            frame = pl.from_arrow(table)
+            if global_drops.height:
+                # rows dropped by a global filter become rejections here, where their columns are
+                is_dropped = pl.col(ORDER).is_in(dropped_orders)
+                dropped = frame.filter(is_dropped).join(
+                    global_drops, on=ORDER, how="left", maintain_order="left"
+                )
+                run.reject(dropped, "curate")
+                frame = frame.filter(~is_dropped)
+            if frame.height == 0:
+                continue
+            frame = frame.with_columns(split_expr(PROMPT_KEY, run.config.split.eval_fraction).alias("split"))
+            kept, shard_rows = _tokenize_batch(run, frame)
+            pairs_writer.write_table(pair_contract.conform(kept.select(list(pairs_schema.names)).to_arrow()))
+            for split in ("train", "eval"):
+                part = shard_rows.filter(pa.array((kept["split"] == split).to_numpy()))
+                if part.num_rows:
+                    writers[split].write(part)
+                    split_rows[split] += part.num_rows
+    return split_rows, {split: writer.close() for split, writer in writers.items()}
+
+
+def _tokenize_batch(run: _Run, frame: pl.DataFrame) -> tuple[pl.DataFrame, pa.Table]:
+    """Tokenise a batch; reject pairs over max_length; return (kept pairs, their shard rows)."""
+    tokens = run.tokenizer.encode(frame)
+    run.token_count.rows_in += frame.height
+    too_long = pl.Series(tokens.too_long)
+    if too_long.any():
+        template = "prompt + response is {} tokens, over max_length {}"
+        long_rows = (
+            frame.filter(too_long)
+            .with_columns(pl.Series("_total", tokens.total_tokens[tokens.too_long]))
+            .with_columns(
+                reason=pl.lit("too_long"),
+                detail=pl.format(template, "_total", pl.lit(run.config.tokenize.max_length)),
+            )
+        )
+        run.token_count.dropped += long_rows.height
+        run.reject(long_rows, "tokenize")
+    keep = ~too_long
+    kept = frame.filter(keep)
+    return kept, _shard_table(kept, tokens, keep.to_numpy())
 
 
 def _key128(column: str) -> pl.Expr:
@@ -290,11 +325,7 @@ def _key128(column: str) -> pl.Expr:
 
 def _stage_schema(pair_contract) -> pa.Schema:
     schema = pair_contract.schema([c for c in pair_contract.columns if c != "split"])
-    return (
-        schema.append(pa.field(ORDER, pa.int64()))
-        .append(pa.field(_SOURCE, pa.int32()))
-        .append(pa.field(PROMPT_KEY, pa.string()))
-    )
+    return schema.append(pa.field(ORDER, pa.int64())).append(pa.field(PROMPT_KEY, pa.string()))
 
 
 def _shard_table(kept: pl.DataFrame, tokens, keep) -> pa.Table:
@@ -314,9 +345,7 @@ def _shard_table(kept: pl.DataFrame, tokens, keep) -> pa.Table:
     )
 
 
-def _write_rejections(
-    writer: pq.ParquetWriter, dropped: pl.DataFrame | None, stage: str, schema: pa.Schema
-) -> None:
+def _write_rejections(writer: pq.ParquetWriter, dropped: pl.DataFrame | None, stage: str) -> None:
     if dropped is None or dropped.height == 0:
         return
     table = dropped.select(
@@ -329,7 +358,8 @@ def _write_rejections(
         "detail",
         pl.lit(None, dtype=pl.String).alias("raw"),
     ).to_arrow()
-    writer.write_table(load_contract("rejection").conform(table.cast(schema)))
+    contract = load_contract("rejection")
+    writer.write_table(contract.conform(table.cast(contract.schema())))
 
 
 def _result_from_manifest(ws: Workspace, dataset_id: str, reused: bool) -> BuildResult:
