@@ -211,9 +211,22 @@ def _task_context(task: Any, task_run: Any) -> tuple[Workspace, dict[str, Any], 
     parameters = dict(context.parameters) if context else {}
     ws = Workspace.open(parameters["workspace"])
     flow_context = FlowRunContext.get()
-    flow_name = flow_context.flow.name if flow_context and flow_context.flow else "flow"
+    if flow_context is not None and flow_context.flow is not None:
+        flow_name = flow_context.flow.name
+    elif task_run.flow_run_id:  # e.g. on a Dask worker process, where only the task's context travels
+        flow_name = _flow_name(str(task_run.flow_run_id))
+    else:
+        flow_name = "flow"
     parent = (str(task_run.flow_run_id), flow_name) if task_run.flow_run_id else None
     return ws, parameters, f"{flow_name}.{task.name}", parent
+
+
+@cache
+def _flow_name(flow_run_id: str) -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow(client.read_flow_run(flow_run_id).flow_id).name
 
 
 def task_hooks(describe: Describe) -> dict[str, list[Callable[..., None]]]:
