@@ -101,3 +101,21 @@ def test_transient_error_is_retried_and_killed_training_resumes(
     assert (run_dir / "model").is_dir() and (run_dir / "run.json").is_file()
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == TRAINING["max_steps"]
+
+
+def test_warm_start_trains_new_data_from_the_last_model(prefect_server, small_data, shared_data, tmp_path):
+    from pipeline.catalog import Catalog
+    from tests.flows.real_slice import llamafactory_slice
+
+    data, base = small_data
+    ws = Workspace.open(tmp_path / "ws")
+    first = _run(ws, data, base, warm_start=True)  # nothing to continue from yet: starts from the base
+    assert first["status"] == TRAINED
+    llamafactory_slice(shared_data, data, 20)
+    second = _run(ws, data, base, warm_start=True)
+    assert second["status"] == TRAINED and second["run_id"] != first["run_id"]
+    parents = dict((relation, parent) for parent, relation in Catalog(ws).parents(second["run_id"]))
+    first_model = Catalog(ws).get(parents["base_model"])
+    assert first_model.uri == first["model_dir"]  # trained on from the first run's model
+    third = _run(ws, data, base, warm_start=True)
+    assert third["status"] == "up to date" and third["run_id"] == second["run_id"]
