@@ -85,8 +85,8 @@ def ingest_flow(
                     skip_non_preference=in_folder,
                 )
                 cached = False
-            for item in result:
-                results.append({**item, "cached": cached})
+            for item in result:  # "cached": not recomputed, by Prefect's cache or by the stage's own reuse
+                results.append({**item, "cached": cached or bool(item.get("reused"))})
         if not results:
             raise ValueError(f"no preference data found in {', '.join(sources)}")
         fresh = sum(not r["cached"] for r in results)
@@ -119,7 +119,7 @@ def build_flow(
             curate_config=curate_config,
             tokenizer=tokenizer,
         )
-        result = {**result, "cached": cached}
+        result = {**result, "cached": cached or bool(result.get("reused"))}
         print(
             f"build: dataset {result['dataset_id']}: {result['rows_in']} pairs in, {result['rows_kept']} kept "
             f"({result['train_rows']} train / {result['eval_rows']} eval)" + (" (cached)" if cached else "")
@@ -169,8 +169,8 @@ def train_flow(
             config=train_config,
             start_key=start,
         )
-        result = {**result, "cached": cached}
-        if cached:
+        result = {**result, "cached": cached or bool(result.get("reused"))}
+        if result["cached"]:
             print(f"train: up to date (run {result['run_id']} already trained on dataset {dataset_id})")
         else:
             print(

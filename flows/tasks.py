@@ -236,4 +236,5 @@ def _finished_run(run_dir: Path) -> dict[str, Any] | None:
         "model_id": f"model-{run_dir.name}",
         "final_metrics": data.get("final_metrics") or data.get("metrics") or {},
         "resumed": False,
+        "reused": True,
     }
