@@ -8,6 +8,7 @@ every OpenLineage event validates and every run has START then COMPLETE."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,14 @@ def test_refresh_retrains_only_on_new_data(prefect_server, shared_data: Path, tm
     assert _snapshot(ws) == before  # nothing recomputed, nothing rewritten
     assert query(ws, "SELECT count(*) FROM runs").item() == 1
 
+    # Without Prefect's cache (e.g. a fresh machine sharing the workspace) the stages still find their
+    # finished outputs: nothing is rebuilt or retrained.
+    shutil.rmtree(ws.cache_dir)
+    without_cache = run()
+    assert without_cache["status"] == UP_TO_DATE and without_cache["run_id"] == first["run_id"]
+    assert without_cache["files_cached"] == 2
+    assert _snapshot(ws) == before
+
     added = llamafactory_slice(shared_data, data, 40)
     third = run()
     assert third["status"] == TRAINED
@@ -144,9 +153,9 @@ def test_refresh_retrains_only_on_new_data(prefect_server, shared_data: Path, tm
     # OpenLineage: all events valid, START then COMPLETE per run, parents set for tasks and sub-flows.
     runs = check_events(read_events(ws.lineage_events_path))
     jobs = [events[0]["job"]["name"] for events in runs.values()]
-    assert jobs.count("data-to-model") == 3
-    assert jobs.count("ingest.ingest-file") == 2 + 2 + 3
-    assert jobs.count("train.train") == 3
+    assert jobs.count("data-to-model") == 4
+    assert jobs.count("ingest.ingest-file") == 2 + 2 + 2 + 3
+    assert jobs.count("train.train") == 4
     for events in runs.values():
         if events[0]["job"]["name"] != "data-to-model":
             assert "parent" in events[0]["run"]["facets"]
