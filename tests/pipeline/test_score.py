@@ -86,3 +86,23 @@ def test_distances_equal_rapidfuzz_on_real_gsm8k_pairs(shared_data) -> None:
     assert (scored["word_edit_distance"].to_numpy() == expected_words).all()
     longest = np.maximum([len(c) for c in chosen], [len(r) for r in rejected])
     assert np.allclose(scored["edit_ratio"].to_numpy(), expected / longest)
+
+
+def test_distances_on_ingested_gsm8k_model_solutions(shared_data, workspace) -> None:
+    import pyarrow.parquet as pq
+
+    from pipeline.ingest import ingest_source
+
+    (result,) = ingest_source(
+        shared_data / "openai_grade-school-math" / "example_model_solutions.jsonl", workspace
+    )
+    assert result.format == "model_solutions"
+    scored = score_pairs(pq.read_table(result.pairs_path))
+    chosen, rejected = scored["chosen"].to_pylist(), scored["rejected"].to_pylist()
+    assert len(chosen) > 3000
+    expected = [Levenshtein.distance(c, r) for c, r in zip(chosen, rejected, strict=True)]
+    assert scored["edit_distance"].to_pylist() == expected
+    expected_words = [
+        Levenshtein.distance(c.split(), r.split()) for c, r in zip(chosen, rejected, strict=True)
+    ]
+    assert scored["word_edit_distance"].to_pylist() == expected_words
