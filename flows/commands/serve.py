@@ -99,6 +99,14 @@ def serve(
             "lock_timeout": 3600,  # a scheduled run waits for a manual one instead of failing
         }
         target = deployment(name, cron, parameters, timezone)
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():
+            console.print(
+                "[yellow]PREFECT_API_URL is not set: serving against a temporary server that lives only as long "
+                "as this command (no UI, no run history). Start `prefect server start` and run "
+                "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` first.[/]"
+            )
         console.print(f"serving data-to-model/{name} on cron {cron!r} for workspace {ws.root}")
         prefect_serve(target)
 
