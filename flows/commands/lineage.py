@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from flows.commands._common import WorkspaceOption, clean_errors, console
+from flows.commands._workspace import existing_workspace
 
 
 class LineageFormat(str, Enum):
@@ -38,9 +39,8 @@ def lineage(
         import json
 
         from pipeline.lineage import ancestry, source_files, training_rows, training_rows_sql
-        from pipeline.workspace import Workspace
 
-        ws = Workspace.open(workspace)
+        ws = existing_workspace(workspace)
         tree = ancestry(ws, artefact_id)
         if output_format is LineageFormat.json:
             payload: dict[str, Any] = {

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from flows.commands._common import WorkspaceOption, clean_errors, console
+from flows.commands._workspace import existing_workspace
 
 
 class OutputFormat(str, Enum):
@@ -41,12 +42,11 @@ def sql(
 
         from pipeline.atomic import atomic_file
         from pipeline.sql import query as run_query
-        from pipeline.workspace import Workspace
 
         if output_format is OutputFormat.parquet and out is None:
             raise ValueError("--format parquet writes a file: give --out FILE")
         try:
-            frame = run_query(Workspace.open(workspace), query)
+            frame = run_query(existing_workspace(workspace), query)
         except duckdb.Error as error:  # DuckDB's own message (syntax error, unknown column, ...)
             raise ValueError(str(error).strip()) from None
         if out is not None:
