@@ -47,3 +47,11 @@ def test_sql_refuses_writes_and_shows_duckdb_errors(workspace):
 def test_lineage_unknown_id(workspace):
     result = runner.invoke(app, ["lineage", "model-nope", "-w", str(workspace.root)])
     assert result.exit_code == 1 and "no artefact with id 'model-nope'" in result.output
+
+
+def test_read_only_commands_do_not_create_a_workspace(tmp_path):
+    missing = tmp_path / "nowhere"
+    for args in (["sql", "SELECT 1"], ["lineage", "x"]):
+        result = runner.invoke(app, [*args, "-w", str(missing)])
+        assert result.exit_code == 1 and "no workspace at" in result.output
+    assert not missing.exists()
