@@ -90,7 +90,8 @@ def _complete(folder: Path, name: str) -> list[Path]:
     )
 
 
-def _rejections(ws: Workspace) -> pa.Table | Any:
+def _rejections(ws: Workspace) -> tuple[Any, Any]:
+    """(ingest rejections with ingest_id, curate/tokenize rejections with dataset_id)."""
     schema = load_contract("rejection").schema()
     ingest = _parquet_view(
         _complete(ws.sources_dir, "rejections.parquet"), ws.sources_dir, "ingest_id", schema
@@ -322,7 +323,7 @@ def connect_views(workspace: Workspace | str | Path) -> duckdb.DuckDBPyConnectio
     pair_schema = load_contract("preference_pair").schema()
     ingest_rejections, curate_rejections = _rejections(ws)
     artifacts, edges = _catalog_tables(ws)
-    sources = {
+    registered = {
         "_pairs": _parquet_view(
             _complete(ws.datasets_dir, "pairs.parquet"), ws.datasets_dir, "dataset_id", pair_schema
         ),
@@ -338,8 +339,8 @@ def connect_views(workspace: Workspace | str | Path) -> duckdb.DuckDBPyConnectio
         "_edges": edges,
     }
     shard_tables, shards_view = _shards(ws)
-    sources.update(shard_tables)
-    for name, source in sources.items():
+    registered.update(shard_tables)
+    for name, source in registered.items():
         connection.register(name, source)
     connection.execute(_DERIVED_VIEWS)
     connection.execute(shards_view)
