@@ -209,9 +209,9 @@ def test_views_answer_counts(toy):
         "SELECT 1; DROP VIEW pairs",
     ],
 )
-def test_read_only_guard_refuses(toy, sql):
+def test_read_only_guard_refuses(workspace, sql):
     with pytest.raises(ReadOnlyError, match="refused|one statement"):
-        query(toy, sql)
+        query(workspace, sql)
 
 
 def test_file_access_blocked_even_inside_select(toy):
