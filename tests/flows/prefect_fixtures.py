@@ -29,11 +29,14 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         patch.setenv("PREFECT_LOCAL_STORAGE_PATH", str(home / "storage"))
         patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         patch.setenv("DO_NOT_TRACK", "1")
-        patch.chdir(home)  # no openlineage.yml from the working directory
-        patch.setenv("HOME", str(home))  # nor from ~/.openlineage
         for name in list(os.environ):
             if name in _OPENLINEAGE_VARIABLES or name.startswith("OPENLINEAGE__"):
                 patch.delenv(name)
+        # An explicit, empty OpenLineage config file shadows any openlineage.yml in the working directory
+        # or ~/.openlineage, so events go to the workspace file (the default under test).
+        empty_config = home / "openlineage.yml"
+        empty_config.write_text("{}\n", encoding="utf-8")
+        patch.setenv("OPENLINEAGE_CONFIG", str(empty_config))
         from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
         from prefect.testing.utilities import prefect_test_harness
 
