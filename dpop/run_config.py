@@ -138,9 +138,10 @@ def load_run_config(
         values["synth"]["n"] = n
     if steps is not None:
         values["training"]["max_steps"] = steps
-        values["training"]["eval_steps"] = max(
-            1, min(values["training"].get("eval_steps") or steps, steps // 2 or 1)
-        )
+        # A short run still logs and evaluates a few times.
+        training = values["training"]
+        training["eval_steps"] = max(1, min(training.get("eval_steps") or steps, steps // 2 or 1))
+        training["logging_steps"] = max(1, min(training.get("logging_steps") or 1, steps // 2 or 1))
     if sft_steps is not None:
         values["sft"]["steps"] = sft_steps
     sft_fields = {f.name for f in dataclasses.fields(SFTConfig)}
