@@ -210,6 +210,7 @@ def train_task(
     finished = _finished_run(run_dir)
     if finished is not None:
         return finished
+    _drop_unfinished_checkpoints(run_dir)
     resume = any(run_dir.glob("checkpoint-*"))
     result = train(ws, dataset_id, model_path, TrainConfig.from_dict(config), run_id=run_id, resume=resume)
     return {
@@ -220,6 +221,18 @@ def train_task(
         "final_metrics": _jsonable(result.final_metrics),
         "resumed": resume,
     }
+
+
+def _drop_unfinished_checkpoints(run_dir: Path) -> None:
+    """Remove checkpoint folders a killed run left half-written. The Trainer writes a checkpoint in place
+    and its trainer_state.json last, so a checkpoint without a readable one is not resumable."""
+    import shutil
+
+    for checkpoint in run_dir.glob("checkpoint-*"):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            shutil.rmtree(checkpoint, ignore_errors=True)
 
 
 def _finished_run(run_dir: Path) -> dict[str, Any] | None:
