@@ -51,11 +51,11 @@ LAMBDAS = (0.0, 5.0, 50.0)
 
 @dataclass(frozen=True)
 class Settings:
-    train_pairs: int = 480
-    eval_pairs: int = 96
-    steps: int = 120
+    train_pairs: int = 400
+    eval_pairs: int = 80
+    steps: int = 100
     batch_size: int = 16
-    learning_rate: float = 5e-4
+    learning_rate: float = 1.5e-4
     beta: float = 0.1
     eval_every: int = 20
     hidden_size: int = 128
@@ -420,7 +420,7 @@ def table(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="synthetic pairs only, 60 steps (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="synthetic pairs only, 40 steps (a smoke run)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None, help="learning rate of the preference runs")
     parser.add_argument("--workspace", type=Path, default=ROOT / "benchmarks" / "results" / "failure_mode_ws")
@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Settings()
     if args.quick:
-        settings = Settings(steps=60, train_pairs=256, eval_pairs=64, sft_steps=80)
+        settings = Settings(steps=40, train_pairs=192, eval_pairs=48, sft_steps=60, eval_every=10)
     if args.steps or args.lr:
         settings = Settings(
             **{

@@ -90,6 +90,7 @@ class RunSettings:
     sft: dict[str, Any]
     curation: Any  # pipeline.curate.config.CurationConfig
     training: dict[str, Any]
+    sft_explicit: bool = False  # sft.steps set by the user (file or flag), not the demo default
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -116,6 +117,7 @@ def load_run_config(
     from pipeline.curate.config import load_curation_config
 
     values = yaml.safe_load(DEFAULT_CONFIG_YAML)
+    sft_explicit = sft_steps is not None
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -131,6 +133,7 @@ def load_run_config(
             raise ValueError(f"{path}: unknown section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
         # Sections merge key by key: a user file may hold only the keys it changes.
         values = _merge(values, user)
+        sft_explicit = sft_explicit or "steps" in (user.get("sft") or {})
     if seed is not None:
         values["seed"] = seed
         values["training"]["seed"] = seed
@@ -162,4 +165,5 @@ def load_run_config(
         sft={**values["sft"], "seed": int(values["seed"])},
         curation=load_curation_config(values["curation"]),
         training=values["training"],
+        sft_explicit=sft_explicit,
     )

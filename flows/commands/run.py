@@ -13,6 +13,7 @@ tasks, OpenLineage events); otherwise the stage functions are called in the same
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -117,6 +118,10 @@ def _run_chain(
     console.rule("[bold]3/5 curate, tokenise, shard")
     build = _build(ws, settings, base, ingests)
     console.rule("[bold]4/5 SFT warm-up (reference policy)")
+    if model and not settings.sft_explicit:
+        # The demo's warm-up (a high learning rate for a model that knows nothing) would damage a real
+        # model; a user's model is taken as its own reference unless sft.steps / --sft-steps asks.
+        settings = dataclasses.replace(settings, sft={**settings.sft, "steps": 0})
     reference = _reference(ws, base, build.dataset_id, settings)
     console.rule("[bold]5/5 reference log-probs and DPOP training")
     train_config = TrainConfig.from_dict(settings.training, source="training")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import yaml
@@ -19,7 +20,8 @@ def test_init_writes_a_commented_config_that_loads(tmp_path: Path) -> None:
     assert text == DEFAULT_CONFIG_YAML and text.count("#") >= 20
     assert set(yaml.safe_load(text)) == {"seed", "synth", "tiny_model", "sft", "curation", "training"}
     settings = load_run_config(path)
-    assert settings == load_run_config(None)
+    assert settings.sft_explicit and not load_run_config(None).sft_explicit  # the file names sft.steps
+    assert dataclasses.replace(settings, sft_explicit=False) == load_run_config(None)
     assert settings.training["loss"] == "dpop" and settings.curation.split.eval_fraction == 0.1
 
     again = CliRunner().invoke(app, ["init", str(path)])
