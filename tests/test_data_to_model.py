@@ -20,7 +20,6 @@ from pipeline.lineage import training_rows
 from pipeline.sql import query
 from pipeline.workspace import Workspace
 from tests.flows.openlineage_check import check_events, read_events
-from tests.flows.prefect_fixtures import prefect_server  # noqa: F401  (fixture)
 from tests.flows.real_slice import (
     CURATION,
     TRAINING,
@@ -80,7 +79,7 @@ def _check_counts(ws: Workspace, summary: dict) -> None:
     assert steps == TRAINING["max_steps"]
 
 
-def test_refresh_retrains_only_on_new_data(prefect_server, shared_data: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_refresh_retrains_only_on_new_data(prefect_server, shared_data: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     hh = hh_slice(shared_data, data, 60)

@@ -1,3 +1,2 @@
-"""Flow tests run against one temporary Prefect server per session, with PREFECT_HOME in a tmp folder."""
-
-from tests.flows.prefect_fixtures import prefect_server  # noqa: F401  (a fixture, used by name)
+"""Flow tests request `prefect_server` (tests/flows/prefect_fixtures.py, loaded as a plugin by
+tests/conftest.py): one temporary Prefect server per session, with PREFECT_HOME in a tmp folder."""
