@@ -11,6 +11,8 @@ give on ordinary text.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -44,17 +46,23 @@ def edit_distances(chosen: pa.Array | list[str], rejected: pa.Array | list[str])
     return process.cpdist(chosen, rejected, scorer=Levenshtein.distance, workers=-1, dtype=np.int64)
 
 
-def split_words(texts: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """Whitespace words of each text: (flat words, index of the text of each word, words per text)."""
+class Words(NamedTuple):
+    """The whitespace words of a column of texts, flat. `pieces` still holds the empty strings
+    pyarrow yields around leading/trailing whitespace; `keep` marks the real words."""
+
+    pieces: pa.Array
+    keep: np.ndarray
+    owner: np.ndarray  # index of the text of each kept word
+    counts: np.ndarray  # words per text
+
+
+def split_words(texts: pa.Array | pa.ChunkedArray) -> Words:
     texts = _as_array(texts)
-    pieces = pc.utf8_split_whitespace(texts)
-    flat = pc.list_flatten(pieces)
-    owner = pc.list_parent_indices(pieces).to_numpy()
-    # pyarrow yields "" around leading/trailing whitespace; those are not words
-    keep = pc.not_equal(flat, "").to_numpy(zero_copy_only=False)
-    owner = owner[keep]
-    counts = np.bincount(owner, minlength=len(texts)).astype(np.int64)
-    return flat.filter(pa.array(keep)), owner, counts
+    nested = pc.utf8_split_whitespace(texts)
+    pieces = pc.list_flatten(nested)
+    keep = pc.not_equal(pieces, "").to_numpy(zero_copy_only=False)
+    owner = pc.list_parent_indices(nested).to_numpy()[keep]
+    return Words(pieces, keep, owner, np.bincount(owner, minlength=len(texts)).astype(np.int64))
 
 
 def word_edit_distances(chosen: pa.Array, rejected: pa.Array) -> np.ndarray:
@@ -63,24 +71,24 @@ def word_edit_distances(chosen: pa.Array, rejected: pa.Array) -> np.ndarray:
     return edit_distances(chosen_symbols, rejected_symbols)
 
 
-def words_to_symbols(
-    chosen_words: tuple[pa.Array, np.ndarray, np.ndarray],
-    rejected_words: tuple[pa.Array, np.ndarray, np.ndarray],
-) -> tuple[pa.Array, pa.Array]:
+def words_to_symbols(chosen: Words, rejected: Words) -> tuple[pa.Array, pa.Array]:
     """Encode words as code points (same word, same symbol) and rebuild each text as a symbol string.
 
-    Symbols are dense ids over the batch's vocabulary (Arrow dictionary encoding: one hash pass).
-    Only a batch with more distinct words than Unicode has code points needs per-pair ids."""
-    (chosen_flat, chosen_owner, chosen_counts) = chosen_words
-    (rejected_flat, rejected_owner, rejected_counts) = rejected_words
-    words = pa.concat_arrays([chosen_flat, rejected_flat])
-    ids = pc.dictionary_encode(words).indices.to_numpy().astype(np.int64)
-    if ids.size and int(ids.max()) > _MAX_SYMBOLS:
-        owner = np.concatenate([chosen_owner, rejected_owner])
+    Symbols are dense ids over the batch's vocabulary: one Arrow dictionary encoding over both sides
+    (a chunked array shares one dictionary, so no concatenation). Only a batch with more distinct words
+    than Unicode has code points falls back to per-pair ids."""
+    encoded = pc.dictionary_encode(pa.chunked_array([chosen.pieces, rejected.pieces]))
+    chosen_ids = encoded.chunk(0).indices.to_numpy()[chosen.keep].astype(np.int64)
+    rejected_ids = encoded.chunk(1).indices.to_numpy()[rejected.keep].astype(np.int64)
+    if len(encoded.chunk(0).dictionary) > _MAX_SYMBOLS:
+        words = pa.concat_arrays(
+            [chosen.pieces.filter(pa.array(chosen.keep)), rejected.pieces.filter(pa.array(rejected.keep))]
+        )
+        owner = np.concatenate([chosen.owner, rejected.owner])
         frame = pl.DataFrame({"pair": owner, "word": pl.Series(words, dtype=pl.String)})
         ids = frame.select(pl.col("word").rank("dense").over("pair")).to_series().to_numpy().astype(np.int64)
-    split = len(chosen_flat)
-    return _utf8_strings(ids[:split], chosen_counts), _utf8_strings(ids[split:], rejected_counts)
+        chosen_ids, rejected_ids = ids[: len(chosen.owner)], ids[len(chosen.owner) :]
+    return _utf8_strings(chosen_ids, chosen.counts), _utf8_strings(rejected_ids, rejected.counts)
 
 
 def _as_array(array: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -120,9 +128,9 @@ def score_pairs(table: pa.Table) -> pa.Table:
         "len_prompt_chars": np.bincount(message_owner, pc.utf8_length(contents).to_numpy(), minlength=n),
         "len_chosen_chars": pc.utf8_length(chosen).to_numpy(),
         "len_rejected_chars": pc.utf8_length(rejected).to_numpy(),
-        "len_prompt_words": np.bincount(message_owner, prompt_words[2], minlength=n),
-        "len_chosen_words": chosen_words[2],
-        "len_rejected_words": rejected_words[2],
+        "len_prompt_words": np.bincount(message_owner, prompt_words.counts, minlength=n),
+        "len_chosen_words": chosen_words.counts,
+        "len_rejected_words": rejected_words.counts,
     }
     distance = edit_distances(chosen, rejected)
     longest = np.maximum(lengths["len_chosen_chars"], lengths["len_rejected_chars"])

@@ -106,3 +106,13 @@ def test_distances_on_ingested_gsm8k_model_solutions(shared_data, workspace) -> 
         Levenshtein.distance(c.split(), r.split()) for c, r in zip(chosen, rejected, strict=True)
     ]
     assert scored["word_edit_distance"].to_pylist() == expected_words
+
+
+def test_per_pair_symbols_when_the_batch_vocabulary_is_too_large(monkeypatch) -> None:
+    import pipeline.score as score
+
+    monkeypatch.setattr(score, "_MAX_SYMBOLS", 3)  # force the per-pair fallback
+    chosen = ["a b c d e", "x y z", "  p q  "]
+    rejected = ["a c d f e g", "z y x", "q"]
+    expected = [Levenshtein.distance(c.split(), r.split()) for c, r in zip(chosen, rejected, strict=True)]
+    assert word_edit_distances(pa.array(chosen), pa.array(rejected)).tolist() == expected
