@@ -41,9 +41,9 @@ REAL_FILES = [
 ]
 CONFIGS = ("ours", "trl_precompute", "trl_live")
 LABELS = {
-    "ours": "ours (stored ref log-probs)",
-    "trl_precompute": "TRL DPOTrainer, precompute_ref_log_probs=True",
-    "trl_live": "TRL DPOTrainer, precompute_ref_log_probs=False",
+    "ours": "ours, stored refs",
+    "trl_precompute": "TRL, precompute=True",
+    "trl_live": "TRL, precompute=False",
 }
 
 
@@ -265,7 +265,9 @@ def print_table(setup: dict, rows: list[dict], args: argparse.Namespace) -> None
     )
     table = Table(title=title)
     for column in ("trainer", "tokens/s", "s/step", "padding", "peak RSS MB", "set-up s", "vs ours"):
-        table.add_column(column, justify="left" if column == "trainer" else "right")
+        table.add_column(
+            column, justify="left" if column == "trainer" else "right", no_wrap=column == "trainer"
+        )
     ours = next(row for row in rows if row["config"] == "ours")
     for row in rows:
         table.add_row(
