@@ -277,9 +277,9 @@ def _train(
     """Reference log-probs + training: through the Prefect flow (which finds ingest and build cached,
     records OpenLineage events and Prefect artifacts), or by calling the stage functions directly."""
     if engine == "prefect":
+        _prefect_defaults(ws)  # before Prefect is imported: it reads its settings once
         from flows.data_to_model import data_to_model_flow
 
-        _prefect_defaults(ws)
         summary = data_to_model_flow(
             workspace=ws.root,
             sources=sources,
