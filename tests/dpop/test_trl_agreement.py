@@ -36,7 +36,7 @@ def trl_losses(workspace, dataset_id, model_dir, tmp_path) -> list[float]:
         beta=0.1,
         max_length=None,
         precompute_ref_log_probs=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,  # TRL turns it on by default; ours is off
         bf16=False,
         use_cpu=True,
         report_to="none",
