@@ -124,7 +124,7 @@ def run_build(source: Path, tokenizer: Path, workdir: Path) -> dict:
     start = time.perf_counter()
     ingests = ingest_source(source, ws)
     ingested = time.perf_counter()
-    ingest_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ingest_rss = peak_rss_mib()
     result = build_dataset(ws, CONFIG, tokenizer, ingests)
     end = time.perf_counter()
     return {
@@ -140,11 +140,13 @@ def run_build(source: Path, tokenizer: Path, workdir: Path) -> dict:
 
 def naive_map(rows: list[dict], tokenizer_path: Path) -> float:
     """Stage (4): the per-row script most people write. Returns seconds."""
-    from datasets import Dataset
+    from datasets import Dataset, disable_progress_bars
     from rapidfuzz.distance import Levenshtein
     from transformers import AutoTokenizer
 
+    disable_progress_bars()
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
+    tokenizer.model_max_length = sys.maxsize  # same as our stage: no length warning
     eos = tokenizer.eos_token_id
 
     def per_row(row: dict) -> dict:
@@ -166,10 +168,22 @@ def naive_map(rows: list[dict], tokenizer_path: Path) -> float:
     return time.perf_counter() - start
 
 
+def peak_rss_mib() -> float:
+    """This process's peak RSS. Linux: VmHWM of its own address space; `ru_maxrss` would also count the
+    parent's size at fork (it survives exec), which overstates a child started from a big parent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def rss_child(source: str, tokenizer: str, workdir: str) -> None:
     """Run stage (3) alone and print its timing and peak RSS as JSON (called in a fresh process)."""
     stats = run_build(Path(source), Path(tokenizer), Path(workdir))
-    stats["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stats["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(stats))
 
 
@@ -185,6 +199,51 @@ def measure_rss(seeds: list[dict], n: int, tokenizer: Path, scratch: Path) -> di
     shutil.rmtree(workdir, ignore_errors=True)
     source.unlink()
     return {"n": n, **stats}
+
+
+def rss_only(sizes: str) -> None:
+    from rich.console import Console
+
+    from pipeline.tiny_tokenizer import train_tiny_tokenizer
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    try:
+        seeds, _ = seed_pairs()
+        tokenizer = train_tiny_tokenizer(tokenizer_texts(seeds), scratch / "tokenizer", vocab_size=512)
+        rss = [measure_rss(seeds, int(n), tokenizer, scratch) for n in sizes.split(",") if n.strip()]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    result["rss"] = rss
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print_rss(Console(), rss)
+
+
+def tokenizer_texts(seeds: list[dict]) -> list[str]:
+    texts = [m["content"] for row in seeds[:5000] for m in row["prompt"]]
+    return texts + [row["chosen"] for row in seeds[:5000]] + [row["rejected"] for row in seeds[:5000]]
+
+
+def print_rss(console, rss: list[dict]) -> None:
+    from rich.table import Table
+
+    if not rss:
+        return
+    rss_table = Table(title="Peak RSS of the whole build (fresh process each)")
+    for column in ("pairs", "seconds", "pairs/s", "peak RSS MiB"):
+        rss_table.add_column(column, justify="right")
+    for item in rss:
+        rss_table.add_row(
+            f"{item['n']:,}",
+            f"{item['seconds']:.1f}",
+            f"{item['n'] / item['seconds']:,.0f}",
+            f"{item['peak_rss_mib']:,.0f}",
+        )
+    console.print(rss_table)
+    if len(rss) >= 2:
+        ratio = rss[-1]["peak_rss_mib"] / rss[0]["peak_rss_mib"]
+        console.print(f"RSS ratio {rss[-1]['n']:,} / {rss[0]['n']:,}: {ratio:.2f}x")
 
 
 def main() -> None:
@@ -203,6 +262,9 @@ def main() -> None:
     if args.rss_child:
         rss_child(*args.rss_child)
         return
+    if args.rss_only:
+        rss_only(args.rss_sizes)
+        return
 
     import pyarrow as pa
     from rapidfuzz import process
@@ -217,9 +279,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:
         seeds, origin = seed_pairs()
-        texts = [m["content"] for row in seeds[:5000] for m in row["prompt"]]
-        texts += [row["chosen"] for row in seeds[:5000]] + [row["rejected"] for row in seeds[:5000]]
-        tokenizer = train_tiny_tokenizer(texts, scratch / "tokenizer", vocab_size=512)
+        tokenizer = train_tiny_tokenizer(tokenizer_texts(seeds), scratch / "tokenizer", vocab_size=512)
         source = scratch / "pairs.jsonl"
         write_source(source, seeds, args.n)
         rows = load_rows(source)
@@ -289,22 +349,7 @@ def main() -> None:
         f"build: ingest {build['ingest_seconds']:.1f} s + score/curate/tokenise/shard {build['build_seconds']:.1f} s; "
         f"{build['rows_kept']:,} of {build['rows_in']:,} pairs kept"
     )
-    if rss:
-        rss_table = Table(title="Peak RSS of the whole build (fresh process each)")
-        for column in ("pairs", "seconds", "pairs/s", "peak RSS MiB"):
-            rss_table.add_column(column, justify="right")
-        for item in rss:
-            rss_table.add_row(
-                f"{item['n']:,}",
-                f"{item['seconds']:.1f}",
-                f"{item['n'] / item['seconds']:,.0f}",
-                f"{item['peak_rss_mib']:,.0f}",
-            )
-        console.print(rss_table)
-        if len(rss) >= 2:
-            console.print(
-                f"RSS ratio {rss[-1]['n']:,} / {rss[0]['n']:,}: {rss[-1]['peak_rss_mib'] / rss[0]['peak_rss_mib']:.2f}x"
-            )
+    print_rss(console, rss)
     result = {
         "data": origin,
         "n": args.n,
