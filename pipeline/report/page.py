@@ -200,7 +200,7 @@ def render(data: ReportData, images: dict[str, Path | None]) -> str:
 {_cards(data)}
 {notes}
 <section id="training"><h2>Training and evaluation</h2>
-<p>DPOP keeps <code>logps/chosen</code> at or above the reference (black line) while the reward margin and accuracy rise;
+<p>DPOP keeps <code>logps/chosen</code> at or above the reference (the dashed zero line) while the reward margin and accuracy rise;
 plain DPO on low-edit pairs lets it fall, mostly on the tokens after the first edit (<code>logps/chosen_post_edit</code>).</p>
 {_image(images, "training", "training and evaluation curves", "no metrics logged yet")}
 {_metrics_table(data.metrics)}</section>

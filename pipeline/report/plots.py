@@ -114,6 +114,18 @@ def _series(metrics: Sequence[dict[str, Any]], name: str, split: str) -> tuple[l
     return [p[0] for p in points], [p[1] for p in points]
 
 
+def _chosen_minus_reference(metrics: Sequence[dict[str, Any]], split: str) -> tuple[list[float], list[float]]:
+    points = [
+        (m["step"], m["logps/chosen"] - m["ref_logps/chosen"])
+        for m in metrics
+        if m.get("split", "train") == split
+        and isinstance(m.get("logps/chosen"), int | float)
+        and isinstance(m.get("ref_logps/chosen"), int | float)
+        and m.get("step") is not None
+    ]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
 def training_curves(
     metrics: Sequence[dict[str, Any]], reference_chosen: float | None, path: Path
 ) -> Path | None:
@@ -131,21 +143,23 @@ def training_curves(
     fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
     for axis, (name, title, limits) in zip(axes.flat, panels, strict=True):
         drawn = False
+        relative = name == "logps/chosen" and any(
+            _chosen_minus_reference(metrics, s)[0] for s in ("train", "eval")
+        )
         for split in ("train", "eval"):
-            steps, values = _series(metrics, name, split)
+            # Each train batch has its own reference level, so log p(chosen) is shown against it: the
+            # difference is what DPOP keeps at or above zero, without the batch-to-batch length noise.
+            steps, values = (
+                _chosen_minus_reference(metrics, split) if relative else _series(metrics, name, split)
+            )
             if steps:
                 axis.plot(steps, values, label=split, **SPLIT_STYLE[split])
                 drawn = True
-        if name == "logps/chosen":
-            for split, style in (("train", ":"), ("eval", "--")):
-                steps, values = _series(metrics, "ref_logps/chosen", split)
-                if steps:
-                    axis.plot(
-                        steps, values, color="black", linestyle=style, lw=1, label=f"reference ({split})"
-                    )
-                    drawn = True
-            if reference_chosen is not None and not _series(metrics, "ref_logps/chosen", "eval")[0]:
-                axis.axhline(reference_chosen, color="black", linestyle="--", lw=1, label="reference (eval)")
+        if relative:
+            axis.axhline(0, color="black", linestyle="--", lw=1, label="reference")
+            title = "log p(chosen) − reference (nats per answer)"
+        elif name == "logps/chosen" and reference_chosen is not None:
+            axis.axhline(reference_chosen, color="black", linestyle="--", lw=1, label="reference (eval)")
         if name == "dpop/penalty":
             twin = axis.twinx()
             for split in ("train", "eval"):
