@@ -256,6 +256,9 @@ def main() -> None:
         "--rss-sizes", default="100000,1000000", help="comma-separated sizes for RSS runs ('' = none)"
     )
     parser.add_argument(
+        "--rss-only", action="store_true", help="only the RSS runs, merged into the existing JSON result"
+    )
+    parser.add_argument(
         "--rss-child", nargs=3, metavar=("SOURCE", "TOKENIZER", "WORKDIR"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
