@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline.report import build_report
+from pipeline.report import build_report, gather
 from pipeline.workspace import Workspace
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -52,6 +52,12 @@ def test_report_has_every_figure_and_section(small_run: tuple[Workspace, str]) -
     assert "synth-math-n120-seed0.jsonl" in page
     assert run_id in page and "source_file" in page and "reward accuracy" in page
     assert not list(index.parent.parent.glob(".tmp-*"))  # written atomically
+    # the figures' data: every synthetic pair ingested and kept, the funnel from the manifest
+    data = gather(ws, run_id)
+    assert data.ingested is not None and data.ingested.height == 120
+    assert data.pairs is not None and data.pairs.height == 120
+    assert data.funnel[0]["rows_in"] == 120 and sum(len(v) for v in data.token_lengths.values()) == 3 * 120
+    assert data.reference_chosen_logps is not None and data.reference_chosen_logps < 0
 
 
 @pytest.mark.slow

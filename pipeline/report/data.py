@@ -91,25 +91,25 @@ def _run_dataset_id(ws: Workspace, run_id: str, run: dict[str, Any]) -> str | No
     return None
 
 
-def _dataset_with_pairs(ws: Workspace, dataset_id: str) -> str:
-    """The dataset version holding pairs.parquet: the run's own or the tokenised one it came from."""
+def _tokenized_dataset(ws: Workspace, dataset_id: str) -> str:
+    """The dataset version a reference-log-prob version was made from (itself when it is not one):
+    its manifest names the ingested pair tables and holds the funnel."""
     seen = set()
     current = dataset_id
     while current not in seen:
         seen.add(current)
-        if (ws.dataset_dir(current) / "pairs.parquet").is_file():
-            return current
-        parents = [p for p, relation in Catalog(ws).parents(current) if relation == "reference_logps_from"]
-        manifest_parents = [
-            p.get("id")
-            for p in _read_json(ws.dataset_dir(current) / "manifest.json").get("parents", [])
-            if p.get("relation") == "reference_logps_from"
+        manifest = _read_json(ws.dataset_dir(current) / "manifest.json")
+        parents = [
+            p.get("id") for p in manifest.get("parents", []) if p.get("relation") == "reference_logps_from"
         ]
-        following = parents or manifest_parents
-        if not following:
-            break
-        current = following[0]
-    return dataset_id
+        if not parents:
+            parents = [
+                p for p, relation in Catalog(ws).parents(current) if relation == "reference_logps_from"
+            ]
+        if not parents:
+            return current
+        current = parents[0]
+    return current
 
 
 def _ingested_pairs(ws: Workspace, manifest: dict[str, Any], parents_of: str) -> pl.DataFrame | None:
@@ -178,12 +178,19 @@ def gather(ws: Workspace, run_id: str) -> ReportData:
             manifest = load_manifest(ws, dataset_id)
         except ShardError as error:
             notes.append(str(error))
-        pairs_dataset = _dataset_with_pairs(ws, dataset_id)
-        pairs_manifest = _read_json(ws.dataset_dir(pairs_dataset) / "manifest.json") or manifest
-        pairs_path = ws.dataset_dir(pairs_dataset) / "pairs.parquet"
-        if pairs_path.is_file():
+        tokenized = _tokenized_dataset(ws, dataset_id)
+        pairs_manifest = _read_json(ws.dataset_dir(tokenized) / "manifest.json") or manifest
+        pairs_path = next(
+            (
+                ws.dataset_dir(d) / "pairs.parquet"
+                for d in (dataset_id, tokenized)
+                if (ws.dataset_dir(d) / "pairs.parquet").is_file()
+            ),
+            None,
+        )
+        if pairs_path is not None:
             pairs = pl.read_parquet(pairs_path)
-        ingested = _ingested_pairs(ws, pairs_manifest, pairs_dataset)
+        ingested = _ingested_pairs(ws, pairs_manifest, tokenized)
         lengths, reference = _token_lengths(ws, dataset_id)
         funnel = normalise_funnel(manifest.get("funnel") or pairs_manifest.get("funnel"))
     else:

@@ -44,7 +44,7 @@ def funnel(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
         text = f"{kept:,} kept" + (f"  −{row['dropped']:,} {row['reason']}" if row["dropped"] else "")
         axis.text(row["rows_in"] * 1.01, y, text, va="center", fontsize=8)
     axis.set_yticks(positions, labels)
-    axis.set_xlim(0, max(row["rows_in"] for row in rows) * 1.45 or 1)
+    axis.set_xlim(0, max(row["rows_in"] for row in rows) * 1.75 or 1)  # room for the labels and legend
     axis.set_xlabel("pairs")
     axis.set_title("Curation funnel: pairs entering each step")
     axis.legend(loc="lower right", fontsize=8)
