@@ -7,8 +7,8 @@ With `--input`, `--model`, `--config` the same chain runs on the user's data and
 
 Each stage is a cached, content-addressed step (ingest by file sha256, dataset by inputs + config,
 SFT by base model + examples + settings), so running it again recomputes nothing that has not changed.
-When the orchestration layer's `data_to_model_flow` is installed, training goes through it (Prefect
-tasks, OpenLineage events); otherwise the stage functions are called in the same order.
+By default the chain goes through `flows.data_to_model.data_to_model_flow` (Prefect tasks, caching,
+OpenLineage events, artifacts); `--engine direct` calls the same stage functions in order without Prefect.
 """
 
 from __future__ import annotations
@@ -75,6 +75,18 @@ def run(
     open_report: Annotated[
         bool, typer.Option("--open", help="Open the report in a browser when done.")
     ] = False,
+    task_runner: Annotated[
+        str,
+        typer.Option("--task-runner", help="default: threads in this process; dask: the data tasks on Dask."),
+    ] = "default",
+    dask_address: Annotated[
+        str | None,
+        typer.Option("--dask-address", help="Dask scheduler (tcp://host:8786); default: a local cluster."),
+    ] = None,
+    warm_start: Annotated[
+        bool,
+        typer.Option("--warm-start", help="Train a new dataset version from the last model, not the base."),
+    ] = False,
 ) -> None:
     """Run the whole chain: data -> curated shards -> SFT reference -> DPOP training -> report."""
     with clean_errors():
@@ -84,7 +96,10 @@ def run(
         settings = load_run_config(config, n=n, steps=steps, sft_steps=sft_steps, seed=seed)
         if engine not in ("prefect", "direct"):
             raise ValueError(f"--engine must be 'prefect' or 'direct', got {engine!r}")
-        summary = _run_chain(settings, input, model, workspace, engine)
+        if task_runner not in ("default", "dask"):
+            raise ValueError(f"--task-runner must be 'default' or 'dask', got {task_runner!r}")
+        flow_options = {"task_runner": task_runner, "dask_address": dask_address, "warm_start": warm_start}
+        summary = _run_chain(settings, input, model, workspace, engine, flow_options)
         if report:
             from pipeline.report import build_report
 
@@ -104,6 +119,7 @@ def _run_chain(
     model: Path | None,
     workspace: Path | None,
     engine: str,
+    flow_options: dict,
 ) -> dict:
     from dpop.config import TrainConfig
     from pipeline.workspace import Workspace
@@ -125,7 +141,9 @@ def _run_chain(
     reference = _reference(ws, base, build.dataset_id, settings)
     console.rule("[bold]5/5 reference log-probs and DPOP training")
     train_config = TrainConfig.from_dict(settings.training, source="training")
-    result = _train(ws, sources, settings, base, reference, train_config, build.dataset_id, engine)
+    result = _train(
+        ws, sources, settings, base, reference, train_config, build.dataset_id, engine, flow_options
+    )
     return {"workspace": ws, "build": build, "reference": reference, **result}
 
 
@@ -273,6 +291,7 @@ def _train(
     train_config: Any,
     dataset_id: str,
     engine: str,
+    flow_options: dict,
 ) -> dict:
     """Reference log-probs + training: through the Prefect flow (which finds ingest and build cached,
     records OpenLineage events and Prefect artifacts), or by calling the stage functions directly."""
@@ -288,7 +307,7 @@ def _train(
             reference_model=reference,
             train_config=train_config,
             tokenizer=base,  # the tokenizer the dataset above was built with: its build is a cache hit
-            warm_start=False,
+            **flow_options,
         )
         return {
             "run_id": summary["run_id"],
@@ -297,6 +316,8 @@ def _train(
             "dataset_id": summary["dataset_id"],
             "via": f"Prefect flow, {summary.get('status', '?')}",
         }
+    if flow_options["task_runner"] != "default" or flow_options["warm_start"]:
+        raise ValueError("--task-runner and --warm-start need the Prefect engine (--engine prefect)")
     from dpop.refs import compute_reference_logps
     from dpop.train import train
 
