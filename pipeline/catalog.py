@@ -100,7 +100,9 @@ class Catalog:
 
     def record_edge(self, parent_id: str, child_id: str, relation: str) -> None:
         with self.connect() as connection:
-            connection.execute("INSERT INTO edges VALUES (?, ?, ?) ON CONFLICT DO NOTHING", [parent_id, child_id, relation])
+            connection.execute(
+                "INSERT INTO edges VALUES (?, ?, ?) ON CONFLICT DO NOTHING", [parent_id, child_id, relation]
+            )
 
     def get(self, id: str) -> Artifact | None:
         with self.connect(read_only=True) as connection:

@@ -15,7 +15,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-
 # data_contracts/ sits beside pipeline/ both in the repository and when installed as a wheel.
 CONTRACTS_DIR = Path(__file__).resolve().parents[1] / "data_contracts"
 
@@ -131,7 +130,9 @@ def validate(table: pa.Table, contract: Contract | str) -> None:
         column = contract.columns[name]
         values = table.column(name)
         if not values.type.equals(column.type):
-            raise ContractError(f"{where}: column {name!r} has type {values.type}, contract says {column.type}")
+            raise ContractError(
+                f"{where}: column {name!r} has type {values.type}, contract says {column.type}"
+            )
         if not column.nullable and values.null_count:
             row = _first_bad_row(pc.is_null(values))
             raise ContractError(f"{where}: column {name!r} is null at row {row}")
@@ -151,7 +152,9 @@ def _check_constraints(where: str, column: Column, values: pa.ChunkedArray) -> N
         rule = f"allowed values {checks['allowed']}"
     if bad is not None and pc.any(pc.fill_null(bad, False)).as_py():
         row = _first_bad_row(bad)
-        raise ContractError(f"{where}: column {column.name!r} row {row} breaks {rule}: {values[row].as_py()!r}")
+        raise ContractError(
+            f"{where}: column {column.name!r} row {row} breaks {rule}: {values[row].as_py()!r}"
+        )
     if "min" in checks and pc.any(pc.less(values, checks["min"])).as_py():
         row = _first_bad_row(pc.less(values, checks["min"]))
         raise ContractError(f"{where}: column {column.name!r} row {row} is below {checks['min']}")
@@ -162,11 +165,11 @@ def _check_constraints(where: str, column: Column, values: pa.ChunkedArray) -> N
         short = pc.less(pc.list_value_length(values), checks["min_length"])
         if pc.any(short).as_py():
             row = _first_bad_row(short)
-            raise ContractError(f"{where}: column {column.name!r} row {row} has fewer than {checks['min_length']} items")
+            raise ContractError(
+                f"{where}: column {column.name!r} row {row} has fewer than {checks['min_length']} items"
+            )
     if "roles" in checks:
         roles = pc.struct_field(pc.list_flatten(values), "role")
         unknown = pc.invert(pc.is_in(roles, value_set=pa.array(checks["roles"])))
         if pc.any(pc.fill_null(unknown, True)).as_py():
             raise ContractError(f"{where}: column {column.name!r} has a role outside {checks['roles']}")
-
-

@@ -1,12 +1,12 @@
 """The workspace folder: where every artefact of a project lives, and its layout.
 
-    <root>/catalog.duckdb           artefacts and lineage edges (pipeline.catalog)
-    <root>/sources/<ingest_id>/     per source file version and ingest options: pairs.parquet, rejections.parquet, ingest.json
-    <root>/datasets/<dataset_id>/   manifest.json, pairs.parquet, rejections.parquet, {train,eval}-NNNNN.arrow
-    <root>/models/<name>/           base / reference models made here (tiny demo model, SFT warm-up)
-    <root>/runs/<run_id>/           training runs: model/, checkpoints, metrics.jsonl, run.json
-    <root>/lineage/events.jsonl     OpenLineage run events
-    <root>/cache/                   Prefect task results (kept inside the workspace)
+<root>/catalog.duckdb           artefacts and lineage edges (pipeline.catalog)
+<root>/sources/<ingest_id>/     per source file version and ingest options: pairs.parquet, rejections.parquet, ingest.json
+<root>/datasets/<dataset_id>/   manifest.json, pairs.parquet, rejections.parquet, {train,eval}-NNNNN.arrow
+<root>/models/<name>/           base / reference models made here (tiny demo model, SFT warm-up)
+<root>/runs/<run_id>/           training runs: model/, checkpoints, metrics.jsonl, run.json
+<root>/lineage/events.jsonl     OpenLineage run events
+<root>/cache/                   Prefect task results (kept inside the workspace)
 """
 
 from __future__ import annotations

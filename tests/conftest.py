@@ -12,7 +12,9 @@ from pipeline.workspace import Workspace
 # `prefect_server`: one temporary Prefect server per session, shared by every test that runs a flow.
 pytest_plugins = ["tests.flows.prefect_fixtures"]
 
-SHARED_DATA = Path(os.environ.get("DPOP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get("DPOP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 
 
 @pytest.fixture

@@ -16,7 +16,9 @@ err_console = Console(stderr=True)
 
 WorkspaceOption = Annotated[
     Path | None,
-    typer.Option("--workspace", "-w", help="Workspace folder (default: $DPOP_WORKSPACE or ./dpop-workspace)."),
+    typer.Option(
+        "--workspace", "-w", help="Workspace folder (default: $DPOP_WORKSPACE or ./dpop-workspace)."
+    ),
 ]
 
 
@@ -25,6 +27,13 @@ def clean_errors() -> Iterator[None]:
     """Show expected failures (bad input, bad config) as one red line and exit 1, not a stack trace."""
     try:
         yield
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, RuntimeError, KeyError) as error:
+    except (
+        ValueError,
+        FileNotFoundError,
+        NotADirectoryError,
+        PermissionError,
+        RuntimeError,
+        KeyError,
+    ) as error:
         err_console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
         sys.exit(1)
