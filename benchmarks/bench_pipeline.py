@@ -168,6 +168,22 @@ def naive_map(rows: list[dict], tokenizer_path: Path) -> float:
     return time.perf_counter() - start
 
 
+def naive_tokenizer_seconds(rows: list[dict], tokenizer_path: Path) -> float:
+    """The tokenizer calls of (4) alone, in a plain loop: the part of (4) that is the same Rust
+    tokenizer work our build does, so (4) / this bounds what batching can save."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
+    tokenizer.model_max_length = sys.maxsize
+    start = time.perf_counter()
+    for row in rows:
+        prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        tokenizer(prompt, add_special_tokens=False)
+        tokenizer(row["chosen"], add_special_tokens=False)
+        tokenizer(row["rejected"], add_special_tokens=False)
+    return time.perf_counter() - start
+
+
 def peak_rss_mib() -> float:
     """This process's peak RSS. Linux: VmHWM of its own address space; `ru_maxrss` would also count the
     parent's size at fork (it survives exec), which overstates a child started from a big parent."""
@@ -201,15 +217,13 @@ def measure_rss(seeds: list[dict], n: int, tokenizer: Path, scratch: Path) -> di
     return {"n": n, **stats}
 
 
-def rss_only(sizes: str) -> None:
+def rss_only(sizes: str, vocab_size: int) -> None:
     from rich.console import Console
-
-    from pipeline.tiny_tokenizer import train_tiny_tokenizer
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:
         seeds, _ = seed_pairs()
-        tokenizer = train_tiny_tokenizer(tokenizer_texts(seeds), scratch / "tokenizer", vocab_size=512)
+        tokenizer = bench_tokenizer(seeds, scratch / "tokenizer", vocab_size)
         rss = [measure_rss(seeds, int(n), tokenizer, scratch) for n in sizes.split(",") if n.strip()]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -218,6 +232,24 @@ def rss_only(sizes: str) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print_rss(Console(), rss)
+
+
+def bench_tokenizer(seeds: list[dict], out: Path, vocab_size: int) -> Path:
+    """The tokenizer both sides use: a byte-level BPE trained on the seed pairs. With an 8k-16k
+    vocabulary it needs about 3.2 characters a token on this data, close to a real LLM tokenizer
+    (3-4 on English); the 512-token test tokenizer needs 1.8, almost twice the tokens, which inflates
+    the Rust tokenizer's share of both sides."""
+    from pipeline.tiny_tokenizer import train_tiny_tokenizer
+
+    return train_tiny_tokenizer(tokenizer_texts(seeds), out, vocab_size=vocab_size)
+
+
+def chars_per_token(tokenizer_path: Path, texts: list[str]) -> float:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
+    ids = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    return sum(map(len, texts)) / max(1, sum(len(e.ids) for e in ids))
 
 
 def tokenizer_texts(seeds: list[dict]) -> list[str]:
@@ -256,6 +288,12 @@ def main() -> None:
         "--rss-sizes", default="100000,1000000", help="comma-separated sizes for RSS runs ('' = none)"
     )
     parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=8192,
+        help="BPE vocabulary of the benchmark tokenizer (both sides use it; 512 = the test tokenizer)",
+    )
+    parser.add_argument(
         "--rss-only", action="store_true", help="only the RSS runs, merged into the existing JSON result"
     )
     parser.add_argument(
@@ -266,7 +304,7 @@ def main() -> None:
         rss_child(*args.rss_child)
         return
     if args.rss_only:
-        rss_only(args.rss_sizes)
+        rss_only(args.rss_sizes, args.vocab_size)
         return
 
     import pyarrow as pa
@@ -276,19 +314,20 @@ def main() -> None:
     from rich.table import Table
 
     from pipeline.score import score_pairs
-    from pipeline.tiny_tokenizer import train_tiny_tokenizer
 
     console = Console()
     scratch = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:
         seeds, origin = seed_pairs()
-        tokenizer = train_tiny_tokenizer(tokenizer_texts(seeds), scratch / "tokenizer", vocab_size=512)
+        tokenizer = bench_tokenizer(seeds, scratch / "tokenizer", args.vocab_size)
         source = scratch / "pairs.jsonl"
         write_source(source, seeds, args.n)
         rows = load_rows(source)
         chosen, rejected = [r["chosen"] for r in rows], [r["rejected"] for r in rows]
+        token_density = chars_per_token(tokenizer, chosen[:5000])
         console.print(
-            f"{args.n:,} pairs from {origin}; mean chosen length {sum(map(len, chosen)) / len(chosen):.0f} chars"
+            f"{args.n:,} pairs from {origin}; mean chosen length {sum(map(len, chosen)) / len(chosen):.0f} chars; "
+            f"tokenizer: byte-level BPE, vocab {args.vocab_size:,}, {token_density:.2f} chars/token"
         )
 
         start = time.perf_counter()
@@ -305,6 +344,7 @@ def main() -> None:
         naive_rows = rows[: args.naive_n]
         del rows, chosen, rejected
         naive_s = naive_map(naive_rows, tokenizer)
+        naive_tokenizer_s = naive_tokenizer_seconds(naive_rows, tokenizer)
 
         throughput = {
             "kernel": args.n / kernel_s,
@@ -352,13 +392,24 @@ def main() -> None:
         f"build: ingest {build['ingest_seconds']:.1f} s + score/curate/tokenise/shard {build['build_seconds']:.1f} s; "
         f"{build['rows_kept']:,} of {build['rows_in']:,} pairs kept"
     )
+    console.print(
+        f"naive: its per-row chat template + tokenizer calls alone take {naive_tokenizer_s:.2f} s "
+        f"of its {naive_s:.2f} s ({naive_tokenizer_s / naive_s:.0%})"
+    )
     print_rss(console, rss)
     result = {
         "data": origin,
         "n": args.n,
         "naive_n": len(naive_rows),
         "cpu_count": os.cpu_count(),
-        "seconds": {"kernel": kernel_s, "score": score_s, "build": build["seconds"], "naive": naive_s},
+        "tokenizer": {"vocab_size": args.vocab_size, "chars_per_token": token_density},
+        "seconds": {
+            "kernel": kernel_s,
+            "score": score_s,
+            "build": build["seconds"],
+            "naive": naive_s,
+            "naive_tokenizer_only": naive_tokenizer_s,
+        },
         "pairs_per_second": throughput,
         "ratios": {
             "score_vs_kernel": throughput["score"] / throughput["kernel"],

@@ -116,3 +116,12 @@ def test_per_pair_symbols_when_the_batch_vocabulary_is_too_large(monkeypatch) ->
     rejected = ["a c d f e g", "z y x", "q"]
     expected = [Levenshtein.distance(c.split(), r.split()) for c, r in zip(chosen, rejected, strict=True)]
     assert word_edit_distances(pa.array(chosen), pa.array(rejected)).tolist() == expected
+
+
+def test_scores_do_not_depend_on_the_batching() -> None:
+    rows = [
+        {"prompt": f"q{i}", "chosen": f"the cat sat on mat {i}", "rejected": f"a dog sat {i} on the mat"}
+        for i in range(7)
+    ]
+    table = pair_table(rows)
+    assert score_pairs(table, batch_rows=3).equals(score_pairs(table))
