@@ -55,3 +55,35 @@ def make_tiny_model(
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return out_dir
+
+
+def tiny_model_for_pairs(
+    models_dir: str | os.PathLike[str],
+    pairs_paths: list[str | os.PathLike[str]],
+    cache_key: str,
+    vocab_size: int = 512,
+    num_layers: int = 2,
+    hidden_size: int = 64,
+    num_heads: int = 4,
+    seed: int = 0,
+) -> tuple[Path, bool]:
+    """A tokenizer trained on the texts of ingested pair tables and a tiny Llama sized for it, in
+    `<models_dir>/tiny-llama-<cache_key>`; returns (model folder, reused). The caller's `cache_key`
+    names the inputs and settings, so the same data and sizes reuse the folder (the demo's base model)."""
+    from pipeline.tiny_tokenizer import tokenizer_texts_from_pairs, train_tiny_tokenizer
+
+    models_dir = Path(models_dir)
+    model_dir = models_dir / f"tiny-llama-{cache_key}"
+    if (model_dir / "config.json").is_file():
+        return model_dir, True
+    texts = tokenizer_texts_from_pairs(pairs_paths)
+    tokenizer_dir = train_tiny_tokenizer(texts, models_dir / f"tokenizer-{cache_key}", vocab_size=vocab_size)
+    make_tiny_model(
+        tokenizer_dir,
+        model_dir,
+        num_layers=num_layers,
+        hidden_size=hidden_size,
+        num_heads=num_heads,
+        seed=seed,
+    )
+    return model_dir, False

@@ -181,39 +181,25 @@ def _ingest(ws: Any, sources: list[str]) -> list:
 
 
 def _tiny_base_model(ws: Any, ingests: list, settings: Any) -> Path:
-    """A tokenizer trained on the ingested texts and a tiny Llama sized for it, both cached by content."""
-    import pyarrow.parquet as pq
-
-    from dpop.tiny_model import make_tiny_model
+    """The demo's base model: a tokenizer trained on the ingested texts and a tiny Llama, cached by content."""
+    from dpop.tiny_model import tiny_model_for_pairs
     from pipeline.identity import stable_hash
-    from pipeline.tiny_tokenizer import train_tiny_tokenizer
 
     tiny = settings.tiny_model
     key = stable_hash({"ingests": sorted(r.ingest_id for r in ingests), "tiny": tiny, "seed": settings.seed})
-    model_dir = ws.models_dir / f"tiny-llama-{key}"
-    if (model_dir / "config.json").is_file():
-        console.print(f"tiny model up to date ({model_dir.name})")
-        return model_dir
-    texts = []
-    for result in ingests:
-        table = pq.read_table(result.pairs_path, columns=["prompt", "chosen", "rejected"])
-        for prompt, chosen, rejected in zip(
-            *(table.column(c).to_pylist() for c in ("prompt", "chosen", "rejected")), strict=True
-        ):
-            texts.append("\n".join(m["content"] for m in prompt) + "\n" + chosen + "\n" + rejected)
-    with console.status(f"training a {tiny['vocab_size']}-token BPE tokenizer on {len(texts):,} pairs"):
-        tokenizer_dir = train_tiny_tokenizer(
-            texts, ws.models_dir / f"tokenizer-{key}", vocab_size=tiny["vocab_size"]
+    with console.status(f"training a {tiny['vocab_size']}-token BPE tokenizer and a tiny Llama"):
+        model_dir, reused = tiny_model_for_pairs(
+            ws.models_dir,
+            [r.pairs_path for r in ingests],
+            key,
+            vocab_size=tiny["vocab_size"],
+            num_layers=tiny["layers"],
+            hidden_size=tiny["hidden_size"],
+            num_heads=tiny["heads"],
+            seed=settings.seed,
         )
-    make_tiny_model(
-        tokenizer_dir,
-        model_dir,
-        num_layers=tiny["layers"],
-        hidden_size=tiny["hidden_size"],
-        num_heads=tiny["heads"],
-        seed=settings.seed,
-    )
-    console.print(f"tiny Llama: {tiny['layers']} layers, hidden {tiny['hidden_size']} -> {model_dir}")
+    state = "up to date" if reused else f"{tiny['layers']} layers, hidden {tiny['hidden_size']}"
+    console.print(f"tiny Llama ({state}) -> {model_dir}")
     return model_dir
 
 
