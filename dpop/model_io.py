@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog import Catalog
+from pipeline.catalog import Catalog, CatalogBatch
 from pipeline.identity import file_sha256, tree_sha256
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -72,9 +72,15 @@ def load_causal_lm(
     )
 
 
-def record_model(catalog: Catalog, model_path: str | os.PathLike[str], role: str) -> str:
-    """Record a model folder in the catalog (kind `model`) and return its id."""
+def record_model(
+    catalog: Catalog | CatalogBatch,
+    model_path: str | os.PathLike[str],
+    role: str,
+    identifier: str | None = None,
+) -> str:
+    """Record a model folder in the catalog (kind `model`) and return its id; pass `identifier` when
+    the caller already hashed the folder (hashing a large model's weights takes a while)."""
     path = Path(model_path).resolve()
-    identifier = model_id(path)
+    identifier = identifier or model_id(path)
     catalog.record_artifact(identifier, "model", uri=str(path), meta={"role": role, "path": str(path)})
     return identifier

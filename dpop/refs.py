@@ -58,7 +58,7 @@ def compute_reference_logps(
     new_dir = ws.dataset_dir(new_id)
     catalog = Catalog(ws)
     if (new_dir / MANIFEST).is_file():
-        record_model(catalog, model_path, role="reference")
+        record_model(catalog, model_path, role="reference", identifier=reference_id)
         return new_id
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,25 +105,26 @@ def compute_reference_logps(
         )
         write_manifest(tmp, new_manifest)
 
-    record_model(catalog, model_path, role="reference")
     rows = sum(split["rows"] for split in splits.values())
-    catalog.record_artifact(
-        new_id,
-        "dataset",
-        uri=str(new_dir),
-        rows=rows,
-        meta={"reference_model": reference_id},
-        parents={dataset_id: "reference_logps_from", reference_id: "reference_model"},
-    )
-    for split in splits.values():
-        for info in split["shards"]:
-            catalog.record_artifact(
-                info["sha256"],
-                "shard",
-                uri=str(new_dir / info["file"]),
-                rows=info["rows"],
-                parents={new_id: "part_of"},
-            )
+    with catalog.batch() as batch:
+        record_model(batch, model_path, role="reference", identifier=reference_id)
+        batch.record_artifact(
+            new_id,
+            "dataset",
+            uri=str(new_dir),
+            rows=rows,
+            meta={"reference_model": reference_id},
+            parents={dataset_id: "reference_logps_from", reference_id: "reference_model"},
+        )
+        for split in splits.values():
+            for info in split["shards"]:
+                batch.record_artifact(
+                    info["sha256"],
+                    "shard",
+                    uri=str(new_dir / info["file"]),
+                    rows=info["rows"],
+                    parents={new_id: "part_of"},
+                )
     return new_id
 
 

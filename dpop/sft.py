@@ -26,9 +26,10 @@ from typing import Any
 
 import torch
 
+from dpop.model_io import model_id
 from pipeline.atomic import atomic_dir
 from pipeline.catalog import Catalog
-from pipeline.identity import stable_hash, tree_sha256
+from pipeline.identity import stable_hash
 from pipeline.shards import open_split
 from pipeline.workspace import Workspace
 
@@ -68,11 +69,6 @@ class SFTResult:
     @property
     def final_loss(self) -> float | None:
         return self.losses[-1] if self.losses else None
-
-
-def model_id_for(folder: str | os.PathLike[str]) -> str:
-    """The catalog id of a model folder (same rule as the trainer's)."""
-    return f"model-{tree_sha256(folder)[:16]}"
 
 
 def examples_from_shards(workspace: Workspace, dataset_id: str, split: str = "train") -> list[Example]:
@@ -162,13 +158,13 @@ def warm_up(
     base_model = Path(base_model)
     if not base_model.is_dir():
         raise FileNotFoundError(f"base model folder {base_model} does not exist")
-    base_id = model_id_for(base_model)
+    base_id = model_id(base_model)
     key = stable_hash({"base": base_id, "examples": _examples_sha256(examples), "config": asdict(config)})
     out = workspace.models_dir / (name or f"sft-{key}")
     record_path = out / SFT_RECORD
     if record_path.is_file() and json.loads(record_path.read_text()).get("key") == key:
         record = json.loads(record_path.read_text())
-        return SFTResult(out, model_id_for(out), reused=True, losses=record.get("losses", []))
+        return SFTResult(out, model_id(out), reused=True, losses=record.get("losses", []))
 
     torch.manual_seed(config.seed)
     model = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=torch.float32)
@@ -210,17 +206,19 @@ def warm_up(
             "losses": losses,
         }
         (tmp / SFT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
-    model_id = model_id_for(out)
+    out_id = model_id(out)
     catalog = Catalog(workspace)
-    if catalog.get(base_id) is None:
-        catalog.record_artifact(
-            base_id, "model", uri=base_model.resolve().as_uri(), meta={"name": base_model.name}
+    base_known = catalog.get(base_id) is not None
+    with catalog.batch() as batch:
+        if not base_known:
+            batch.record_artifact(
+                base_id, "model", uri=base_model.resolve().as_uri(), meta={"name": base_model.name}
+            )
+        batch.record_artifact(
+            out_id,
+            "model",
+            uri=out.as_uri(),
+            meta={"name": out.name, "made_by": "sft", "sft": record},
+            parents={base_id: "sft_from", **(parents or {})},
         )
-    catalog.record_artifact(
-        model_id,
-        "model",
-        uri=out.as_uri(),
-        meta={"name": out.name, "made_by": "sft", "sft": record},
-        parents={base_id: "sft_from", **(parents or {})},
-    )
-    return SFTResult(out, model_id, reused=False, losses=losses)
+    return SFTResult(out, out_id, reused=False, losses=losses)

@@ -23,7 +23,7 @@ from typing import Any
 
 from dpop.config import TrainConfig
 from dpop.data import ShardDataset
-from dpop.model_io import check_tokenizer, load_causal_lm, record_model, require_model_dir
+from dpop.model_io import check_tokenizer, load_causal_lm, model_id, record_model, require_model_dir
 from pipeline.atomic import write_text_atomic
 from pipeline.catalog import Catalog
 from pipeline.identity import stable_hash
@@ -285,8 +285,7 @@ def _write_records(
     stored_refs: bool,
     final_metrics: dict[str, Any],
 ) -> None:
-    catalog = Catalog(ws)
-    base_id = record_model(catalog, model_path, role="base")
+    base_id = model_id(model_path)
     reference = manifest.get("reference_model") if stored_refs else None
     if reference is None:
         reference = {
@@ -311,19 +310,21 @@ def _write_records(
         "final_metrics": final_metrics,
     }
     write_text_atomic(run_dir / RUN_RECORD, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
-    catalog.record_artifact(
-        run_id,
-        "run",
-        uri=str(run_dir),
-        meta={key: record[key] for key in ("loss", "finetuning", "code_version")},
-        parents={dataset_id: "trained_on", base_id: "base_model"},
-    )
-    # A separate edge: with the base as its own reference, one parent has two relations.
-    catalog.record_edge(reference["id"], run_id, "reference_model")
-    catalog.record_artifact(
-        f"model-{run_id}",
-        "model",
-        uri=str(model_dir),
-        meta={"role": "trained", "adapter": config.uses_lora, "base_model": base_id},
-        parents={run_id: "produced"},
-    )
+    with Catalog(ws).batch() as catalog:
+        record_model(catalog, model_path, role="base", identifier=base_id)
+        catalog.record_artifact(
+            run_id,
+            "run",
+            uri=str(run_dir),
+            meta={key: record[key] for key in ("loss", "finetuning", "code_version")},
+            parents={dataset_id: "trained_on", base_id: "base_model"},
+        )
+        # A separate edge: with the base as its own reference, one parent has two relations.
+        catalog.record_edge(reference["id"], run_id, "reference_model")
+        catalog.record_artifact(
+            f"model-{run_id}",
+            "model",
+            uri=str(model_dir),
+            meta={"role": "trained", "adapter": config.uses_lora, "base_model": base_id},
+            parents={run_id: "produced"},
+        )

@@ -387,7 +387,6 @@ def _result_from_manifest(ws: Workspace, dataset_id: str, reused: bool) -> Build
 def _record_catalog(
     ws: Workspace, result: BuildResult, ingests: Sequence[IngestLike], manifest: dict
 ) -> None:
-    catalog = Catalog(ws)
     meta = {
         "funnel": manifest["funnel"],
         "train_rows": result.train_rows,
@@ -396,26 +395,27 @@ def _record_catalog(
         "config": json.loads(json.dumps(manifest["config"])),
         "code_version": code_version(),
     }
-    catalog.record_artifact(
-        result.dataset_id,
-        "dataset",
-        uri=str(result.dataset_dir),
-        rows=result.rows_kept,
-        meta=meta,
-        parents={f"pairs-{item.ingest_id}": "curated_from" for item in ingests},
-    )
-    for split, info in manifest["splits"].items():
-        for shard in info["shards"]:
-            catalog.record_artifact(
-                shard["sha256"],
-                "shard",
-                uri=str(result.dataset_dir / shard["file"]),
-                rows=shard["rows"],
-                meta={
-                    "dataset_id": result.dataset_id,
-                    "split": split,
-                    "file": shard["file"],
-                    "bytes": shard["bytes"],
-                },
-                parents={result.dataset_id: "part_of"},
-            )
+    with Catalog(ws).batch() as catalog:
+        catalog.record_artifact(
+            result.dataset_id,
+            "dataset",
+            uri=str(result.dataset_dir),
+            rows=result.rows_kept,
+            meta=meta,
+            parents={f"pairs-{item.ingest_id}": "curated_from" for item in ingests},
+        )
+        for split, info in manifest["splits"].items():
+            for shard in info["shards"]:
+                catalog.record_artifact(
+                    shard["sha256"],
+                    "shard",
+                    uri=str(result.dataset_dir / shard["file"]),
+                    rows=shard["rows"],
+                    meta={
+                        "dataset_id": result.dataset_id,
+                        "split": split,
+                        "file": shard["file"],
+                        "bytes": shard["bytes"],
+                    },
+                    parents={result.dataset_id: "part_of"},
+                )

@@ -74,6 +74,15 @@ class Catalog:
             finally:
                 connection.close()
 
+    @contextmanager
+    def batch(self) -> Iterator[CatalogBatch]:
+        """Record several artefacts and edges in one connection and one transaction (all or nothing):
+        each connection costs tens of milliseconds, so a stage records its outputs together."""
+        with self.connect() as connection:
+            connection.execute("BEGIN TRANSACTION")
+            yield CatalogBatch(connection)
+            connection.execute("COMMIT")
+
     def record_artifact(
         self,
         id: str,
@@ -84,25 +93,12 @@ class Catalog:
         parents: dict[str, str] | None = None,
     ) -> None:
         """Insert or update an artefact, with edges from `parents` ({parent_id: relation})."""
-        now = datetime.now(timezone.utc)
-        with self.connect() as connection:
-            connection.execute("BEGIN TRANSACTION")
-            connection.execute(
-                """INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?)
-                   ON CONFLICT (id) DO UPDATE SET uri = excluded.uri, rows = excluded.rows, meta = excluded.meta""",
-                [id, kind, uri, rows, now, json.dumps(meta or {}, sort_keys=True, default=str)],
-            )
-            for parent_id, relation in (parents or {}).items():
-                connection.execute(
-                    "INSERT INTO edges VALUES (?, ?, ?) ON CONFLICT DO NOTHING", [parent_id, id, relation]
-                )
-            connection.execute("COMMIT")
+        with self.batch() as batch:
+            batch.record_artifact(id, kind, uri, rows, meta, parents)
 
     def record_edge(self, parent_id: str, child_id: str, relation: str) -> None:
-        with self.connect() as connection:
-            connection.execute(
-                "INSERT INTO edges VALUES (?, ?, ?) ON CONFLICT DO NOTHING", [parent_id, child_id, relation]
-            )
+        with self.batch() as batch:
+            batch.record_edge(parent_id, child_id, relation)
 
     def get(self, id: str) -> Artifact | None:
         with self.connect(read_only=True) as connection:
@@ -136,6 +132,43 @@ class Catalog:
             return connection.execute(
                 "SELECT child_id, relation FROM edges WHERE parent_id = ? ORDER BY relation, child_id", [id]
             ).fetchall()
+
+
+class CatalogBatch:
+    """Writes inside one open transaction (see `Catalog.batch`)."""
+
+    def __init__(self, connection: duckdb.DuckDBPyConnection):
+        self._connection = connection
+
+    def record_artifact(
+        self,
+        id: str,
+        kind: str,
+        uri: str | None = None,
+        rows: int | None = None,
+        meta: dict[str, Any] | None = None,
+        parents: dict[str, str] | None = None,
+    ) -> None:
+        """Insert or update an artefact, with edges from `parents` ({parent_id: relation})."""
+        self._connection.execute(
+            """INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?)
+               ON CONFLICT (id) DO UPDATE SET uri = excluded.uri, rows = excluded.rows, meta = excluded.meta""",
+            [
+                id,
+                kind,
+                uri,
+                rows,
+                datetime.now(timezone.utc),
+                json.dumps(meta or {}, sort_keys=True, default=str),
+            ],
+        )
+        for parent_id, relation in (parents or {}).items():
+            self.record_edge(parent_id, id, relation)
+
+    def record_edge(self, parent_id: str, child_id: str, relation: str) -> None:
+        self._connection.execute(
+            "INSERT INTO edges VALUES (?, ?, ?) ON CONFLICT DO NOTHING", [parent_id, child_id, relation]
+        )
 
 
 def _connect_with_retry(path: str, read_only: bool, attempts: int = 50) -> duckdb.DuckDBPyConnection:

@@ -426,31 +426,36 @@ def latest_ingests(workspace: Workspace | str | Path) -> list[IngestResult]:
 
 
 def _record(ws: Workspace, source: Source, result: IngestResult) -> None:
-    catalog = Catalog(ws)
-    catalog.record_artifact(
-        source.sha256,
-        "source_file",
-        uri=source.uri,
-        rows=result.rows_read,
-        meta={"uri": source.uri, "size": source.size, "format": result.format, "name": result.source_name},
-    )
     common = {"ingest_id": result.ingest_id, "format": result.format, "source_uri": source.uri}
-    catalog.record_artifact(
-        f"pairs-{result.ingest_id}",
-        "pairs",
-        uri=result.pairs_path.as_uri(),
-        rows=result.pairs_written,
-        meta=common | {"rows_read": result.rows_read, "rows_kept": result.rows_kept},
-        parents={source.sha256: "ingested_from"},
-    )
-    catalog.record_artifact(
-        f"rejections-{result.ingest_id}",
-        "rejections",
-        uri=result.rejections_path.as_uri(),
-        rows=result.rows_rejected,
-        meta=common | {"rejected_by_reason": result.rejected_by_reason},
-        parents={source.sha256: "ingested_from"},
-    )
+    with Catalog(ws).batch() as catalog:
+        catalog.record_artifact(
+            source.sha256,
+            "source_file",
+            uri=source.uri,
+            rows=result.rows_read,
+            meta={
+                "uri": source.uri,
+                "size": source.size,
+                "format": result.format,
+                "name": result.source_name,
+            },
+        )
+        catalog.record_artifact(
+            f"pairs-{result.ingest_id}",
+            "pairs",
+            uri=result.pairs_path.as_uri(),
+            rows=result.pairs_written,
+            meta=common | {"rows_read": result.rows_read, "rows_kept": result.rows_kept},
+            parents={source.sha256: "ingested_from"},
+        )
+        catalog.record_artifact(
+            f"rejections-{result.ingest_id}",
+            "rejections",
+            uri=result.rejections_path.as_uri(),
+            rows=result.rows_rejected,
+            meta=common | {"rejected_by_reason": result.rejected_by_reason},
+            parents={source.sha256: "ingested_from"},
+        )
 
 
 __all__ = [
