@@ -257,18 +257,42 @@ class Stage(abc.ABC):
 
 
 class Executor(Protocol):
-    """Where work runs. `map` runs `fn` over items (a partitioned stage's parts; independent stages)."""
+    """Where stages and their parts run; the chain calls only these three methods.
 
-    def map(
-        self, label: str, fn: Callable[[T], R], items: Sequence[T], placement: str = "data"
-    ) -> list[R]: ...
+    - `run(ws, stage)`: one stage (the Prefect executor makes it a task in the UI);
+    - `run_many(ws, stages)`: independent stages, e.g. one ingest per file (may run in parallel);
+    - `map(label, fn, items)`: a partitioned stage's parts (may go to Dask workers)."""
+
+    def run(self, ws: Workspace, stage: Stage) -> StageRecord: ...
+
+    def run_many(self, ws: Workspace, stages: Sequence[Stage]) -> list[StageRecord]: ...
+
+    def map(self, label: str, fn: Callable[[T], R], items: Sequence[T]) -> list[R]: ...
 
 
 class InlineExecutor:
     """Everything in this process, in order: `--engine direct`, tests, benchmarks, ranks under torchrun."""
 
-    def map(self, label: str, fn: Callable[[T], R], items: Sequence[T], placement: str = "data") -> list[R]:
+    def run(self, ws: Workspace, stage: Stage) -> StageRecord:
+        return run_stage(ws, stage, self)
+
+    def run_many(self, ws: Workspace, stages: Sequence[Stage]) -> list[StageRecord]:
+        return [run_stage(ws, stage, self) for stage in stages]
+
+    def map(self, label: str, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         return [fn(item) for item in items]
+
+
+class ProbeExecutor(InlineExecutor):
+    """Runs nothing: returns the records of finished stages and raises `NeedsWork` at the first stage
+    that is not done. A chain run through it answers "is everything up to date?" without starting an
+    orchestrator, importing torch or touching a file."""
+
+    def run(self, ws: Workspace, stage: Stage) -> StageRecord:
+        return run_stage(ws, stage, self, reuse_only=True)
+
+    def run_many(self, ws: Workspace, stages: Sequence[Stage]) -> list[StageRecord]:
+        return [self.run(ws, stage) for stage in stages]
 
 
 INLINE = InlineExecutor()
@@ -365,21 +389,6 @@ def run_stage(
     if main:
         publish_record(ws, record, run_uuid, lineage_parent.get())
     return record
-
-
-def run_stages(ws: Workspace, stages: Sequence[Stage], executor: Executor = INLINE) -> list[StageRecord]:
-    """Several independent stages (e.g. one ingest per file): the executor may run them in parallel."""
-    return executor.map("stages", _StageCall(ws.root), list(stages))
-
-
-@dataclass(frozen=True)
-class _StageCall:
-    """A picklable `run_stage` for an executor's workers (a Dask worker gets the workspace path)."""
-
-    root: Path
-
-    def __call__(self, stage: Stage) -> StageRecord:
-        return run_stage(Workspace.open(self.root), stage)
 
 
 @contextmanager
