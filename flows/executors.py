@@ -1,0 +1,136 @@
+"""The Prefect executor: the chain's stages as Prefect tasks, their parts on the flow's task runner.
+
+The stages, their identities and their reuse live in `pipeline/stage.py`; this module only decides
+where work runs so the Prefect UI shows it:
+
+- a stage that is already done returns its record at once (no task: nothing ran);
+- a stage runs as one task named after it (`ingest in.jsonl`, `train dpop λ=50`), retried on transient
+  I/O errors; data stages are submitted to the flow's task runner (Dask workers with
+  `--task-runner dask`), model stages run in this process;
+- a partitioned stage (the build) runs its body in the flow and its parts (`ctx.map`) become tasks on the
+  task runner, so a Dask cluster shares the heavy part.
+
+Prefect's own result cache is off (`NO_CACHE`): the stage records are the only cache, so a cleared
+Prefect database changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from pipeline.stage import Stage, StageRecord, completed, lineage_parent, run_stage
+from pipeline.workspace import Workspace
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Errors worth another try: a flaky network filesystem, a file briefly locked or being replaced.
+# A missing file or bad data fails at once.
+_PERMANENT_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+RETRIES = 2
+
+
+def is_transient(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except _PERMANENT_OS_ERRORS:
+        return False
+    except (OSError, TimeoutError, ConnectionError):
+        return True
+    except BaseException:
+        return False
+    return False
+
+
+def _run_stage_in_task(root: str, stage: Stage, parent: tuple[str, str] | None) -> StageRecord:
+    """The body of a stage task, wherever it runs (a Dask worker gets the workspace path and the
+    parent flow run explicitly: context variables do not travel)."""
+    token = lineage_parent.set(parent)
+    try:
+        return run_stage(Workspace.open(root), stage)
+    finally:
+        lineage_parent.reset(token)
+
+
+def _call(fn: Callable[[T], R], item: T) -> R:
+    return fn(item)
+
+
+def _task(name: str, fn: Callable[..., Any]) -> Any:
+    return task(
+        fn,
+        name=name,
+        cache_policy=NO_CACHE,
+        persist_result=False,
+        retries=RETRIES,
+        retry_delay_seconds=[1, 5],
+        retry_condition_fn=is_transient,
+    )
+
+
+class PrefectExecutor:
+    """Runs a chain's stages inside the current Prefect flow run (see the module docstring)."""
+
+    def __init__(self, parent: tuple[str, str] | None = None):
+        self.parent = parent
+
+    def run(self, ws: Workspace, stage: Stage) -> StageRecord:
+        done = completed(ws, stage)
+        if done is not None:
+            return done
+        if stage.partitioned:
+            with self._parent():
+                return run_stage(ws, stage, self)
+        stage_task = _task(stage.label(), _run_stage_in_task)
+        if stage.placement == "data":
+            return stage_task.submit(str(ws.root), stage, self.parent).result()
+        return stage_task(str(ws.root), stage, self.parent)
+
+    def run_many(self, ws: Workspace, stages: Sequence[Stage]) -> list[StageRecord]:
+        records: list[StageRecord | None] = [completed(ws, stage) for stage in stages]
+        futures = {}
+        for index, stage in enumerate(stages):
+            if records[index] is None and stage.placement == "data" and not stage.partitioned:
+                futures[index] = _task(stage.label(), _run_stage_in_task).submit(
+                    str(ws.root), stage, self.parent
+                )
+        for index, stage in enumerate(stages):
+            if index in futures:
+                records[index] = futures[index].result()
+            elif records[index] is None:
+                records[index] = self.run(ws, stage)
+        return records
+
+    def map(self, label: str, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        part_task = _task(label, _call)
+        futures = [part_task.submit(fn, item) for item in items]
+        return [future.result() for future in futures]
+
+    @contextmanager
+    def _parent(self) -> Iterator[None]:
+        token = lineage_parent.set(self.parent)
+        try:
+            yield
+        finally:
+            lineage_parent.reset(token)
+
+
+def task_runner_for(kind: str, dask_address: str | None) -> Any:
+    """The flow's task runner: Prefect's thread pool, or Dask (a cluster at `dask_address`, else a local
+    one of worker processes) through prefect-dask."""
+    if kind == "default":
+        return None
+    if kind != "dask":
+        raise ValueError(f"task runner must be 'default' or 'dask', got {kind!r}")
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    workers = max(1, min(4, os.cpu_count() or 1))
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
