@@ -62,7 +62,7 @@ def edit_ratio_histogram(ws: Workspace, dataset_id: str) -> list[tuple[float, in
     frame = query(
         ws,
         f"SELECT least(floor(edit_ratio * {HISTOGRAM_BUCKETS}), {HISTOGRAM_BUCKETS - 1}) AS bucket, count(*) AS pairs "
-        f"FROM pairs WHERE dataset_id = '{safe}' AND edit_ratio IS NOT NULL GROUP BY 1 ORDER BY 1",
+        f"FROM pairs_history WHERE dataset_id = '{safe}' AND edit_ratio IS NOT NULL GROUP BY 1 ORDER BY 1",
     )
     counts = {int(b): int(n) for b, n in frame.iter_rows()}
     return [(b / HISTOGRAM_BUCKETS, counts.get(b, 0)) for b in range(HISTOGRAM_BUCKETS)]

@@ -162,7 +162,7 @@ ancestors(dataset_id) AS (
 provenance AS (
     SELECT pair_id, any_value(source_uri) AS source_uri, any_value(source_row) AS source_row,
            any_value(source_sha256) AS source_sha256
-    FROM pairs WHERE dataset_id IN (SELECT dataset_id FROM ancestors) GROUP BY pair_id
+    FROM pairs_history WHERE dataset_id IN (SELECT dataset_id FROM ancestors) GROUP BY pair_id
 )
 SELECT s.dataset_id, s.split, s.shard, s.pair_id, p.source_uri, p.source_row, p.source_sha256
 FROM shards s JOIN trained t ON s.dataset_id = t.dataset_id JOIN provenance p USING (pair_id)
