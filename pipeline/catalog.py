@@ -7,6 +7,11 @@ from `parent` (relation: e.g. `ingested_from`, `curated_from`, `tokenized_from`,
 
 Writes are short transactions under a file lock, so concurrent processes (a flow and `dpop sql`,
 two ranks of a training job) never corrupt the file; DuckDB itself allows one writer process.
+
+A file that cannot be read (truncated, corrupt, not a DuckDB file) raises `CatalogError`, one line
+naming the file: every command goes through `Catalog.connect`, so none shows DuckDB's stack trace. The
+catalog holds nothing the workspace files do not also hold: `dpop catalog rebuild`
+(`pipeline.catalog_rebuild`) recreates it from them.
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ CREATE TABLE IF NOT EXISTS edges (
 """
 
 
+class CatalogError(RuntimeError):
+    """The catalog file cannot be opened or read (truncated, corrupt, not a DuckDB file, held by another
+    process): one line naming the file and what to do."""
+
+
 @dataclass(frozen=True)
 class Artifact:
     id: str
@@ -62,17 +72,40 @@ class Catalog:
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A short-lived connection under the workspace's catalog lock."""
+        """A short-lived connection under the workspace's catalog lock. Raises CatalogError when the
+        file cannot be read, also when that shows only inside the `with` block (a damaged block)."""
         with self._lock:
             if read_only and not self.path.exists():
                 read_only = False  # first use: create the file and schema
-            connection = _connect_with_retry(str(self.path), read_only)
+            try:
+                connection = _connect_with_retry(str(self.path), read_only)
+            except duckdb.Error as error:
+                raise self._error(error) from error
             try:
                 if not read_only:
                     connection.execute(SCHEMA)
                 yield connection
+            except duckdb.Error as error:
+                if _about_the_file(error):
+                    raise self._error(error) from error
+                raise
             finally:
                 connection.close()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the catalog's lock: no connection opens meanwhile (`dpop catalog rebuild` swaps the file)."""
+        with self._lock:
+            yield
+
+    def _error(self, error: duckdb.Error) -> CatalogError:
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if _is_lock_conflict(error):
+            return CatalogError(f"catalog {self.path} is held by another process: {detail}")
+        return CatalogError(
+            f"catalog {self.path} cannot be read ({detail}); `dpop catalog rebuild -w {self.workspace.root}` "
+            "recreates it from the workspace files (the old file is kept beside it)"
+        )
 
     @contextmanager
     def batch(self) -> Iterator[CatalogBatch]:
@@ -139,6 +172,12 @@ class CatalogBatch:
 
     def __init__(self, connection: duckdb.DuckDBPyConnection):
         self._connection = connection
+        # `created_at` of what is recorded; None: now. `dpop catalog rebuild` sets it to when each
+        # on-disk record was written.
+        self.recorded_at: datetime | None = None
+
+    def _created_at(self) -> datetime:
+        return self.recorded_at or datetime.now(timezone.utc)
 
     def record_artifact(
         self,
@@ -158,7 +197,7 @@ class CatalogBatch:
                 kind,
                 uri,
                 rows,
-                datetime.now(timezone.utc),
+                self._created_at(),
                 json.dumps(meta or {}, sort_keys=True, default=str),
             ],
         )
@@ -170,17 +209,52 @@ class CatalogBatch:
             "INSERT INTO edges VALUES (?, ?, ?) ON CONFLICT DO NOTHING", [parent_id, child_id, relation]
         )
 
+    def ensure_artifact(
+        self,
+        id: str,
+        kind: str,
+        uri: str | None = None,
+        rows: int | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        """Record an artefact only if the catalog does not know it (a stage's input: its producer's
+        record, when there is one, stays as it is)."""
+        self._connection.execute(
+            "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            [id, kind, uri, rows, self._created_at(), json.dumps(meta or {}, sort_keys=True, default=str)],
+        )
+
 
 def _connect_with_retry(path: str, read_only: bool, attempts: int = 50) -> duckdb.DuckDBPyConnection:
-    # Another process outside our lock (e.g. a user's duckdb shell) may hold the file briefly.
+    # Another process outside our lock (e.g. a user's duckdb shell) may hold the file briefly; any
+    # other error (a damaged file) fails at once.
     for attempt in range(attempts):
         try:
             return duckdb.connect(path, read_only=read_only)
-        except duckdb.IOException:
-            if attempt == attempts - 1:
+        except duckdb.IOException as error:
+            if attempt == attempts - 1 or not _is_lock_conflict(error):
                 raise
             time.sleep(0.1)
     raise AssertionError("unreachable")
+
+
+def _is_lock_conflict(error: duckdb.Error) -> bool:
+    return isinstance(error, duckdb.IOException) and "lock" in str(error).lower()
+
+
+# What DuckDB raises for a damaged file: I/O errors (short reads, not a database file), failed
+# deserialisation, internal errors, and checksum mismatches ("Corrupt database file", a plain duckdb.Error).
+# Errors of the statement itself (a constraint, a type) are the caller's and pass through.
+_FILE_ERRORS = (
+    duckdb.IOException,
+    duckdb.SerializationException,
+    duckdb.InternalException,
+    duckdb.FatalException,
+)
+
+
+def _about_the_file(error: duckdb.Error) -> bool:
+    return isinstance(error, _FILE_ERRORS) or type(error) is duckdb.Error or "corrupt" in str(error).lower()
 
 
 def _has_tables(connection: duckdb.DuckDBPyConnection) -> bool:

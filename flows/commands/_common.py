@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
@@ -35,5 +36,6 @@ def clean_errors() -> Iterator[None]:
         RuntimeError,
         KeyError,
     ) as error:
-        err_console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+        # soft_wrap: one line however wide the terminal (the terminal wraps it, logs keep it whole)
+        err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(1)
