@@ -53,13 +53,16 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def tree_sha256(folder: str | os.PathLike[str]) -> str:
-    """Hash of a folder's files (relative names and bytes), e.g. a save_pretrained model folder."""
+def tree_sha256(folder: str | os.PathLike[str], known: Mapping[Path, str] | None = None) -> str:
+    """Hash of a folder's files (relative names and bytes), e.g. a save_pretrained model folder.
+    `known` maps some of its files to digests already taken (e.g. of the bytes just read by ingest),
+    used instead of reading those files again."""
     folder = Path(folder)
+    known = known or {}
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")):
         digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        digest.update(file_sha256(path).encode())
+        digest.update((known.get(path) or file_sha256(path)).encode())
     return digest.hexdigest()
 
 

@@ -21,6 +21,10 @@ def parse_column_map(text: str | None) -> dict[str, str]:
         canonical, sep, original = (part.strip() for part in item.partition("="))
         if not sep or not canonical or not original:
             raise ValueError(f"--map: {item!r} is not NAME=COLUMN (e.g. prompt=question,chosen=good)")
+        if canonical in mapping:
+            raise ValueError(f"--map: {canonical} is mapped twice ({mapping[canonical]} and {original})")
+        if original in mapping.values():
+            raise ValueError(f"--map: column {original} is mapped to two names")
         mapping[canonical] = original
     return mapping
 
@@ -43,7 +47,9 @@ def ingest(
     column_map: Annotated[
         str | None,
         typer.Option(
-            "--map", help="Column mapping CANONICAL=COLUMN,... e.g. prompt=question,chosen=good,rejected=bad."
+            "--map",
+            help="Column mapping CANONICAL=COLUMN,... e.g. prompt=question,chosen=good,rejected=bad "
+            "(applied at once: chosen=rejected,rejected=chosen swaps).",
         ),
     ] = None,
     max_field_chars: Annotated[
@@ -54,13 +60,17 @@ def ingest(
     with clean_errors():
         from rich.table import Table
 
+        from flows.commands._workspace import writable_workspace
         from pipeline.ingest import FORMATS, IngestOptions, ingest_source
-        from pipeline.workspace import Workspace
 
         if fmt is not None and fmt not in FORMATS:
             raise ValueError(f"--format {fmt!r} is not one of: {', '.join(FORMATS)}")
+        if max_field_chars < 1:
+            raise ValueError(
+                f"--max-field-chars must be a positive number of characters, not {max_field_chars}"
+            )
         options = IngestOptions(column_map=parse_column_map(column_map), max_field_chars=max_field_chars)
-        ws = Workspace.open(workspace)
+        ws = writable_workspace(workspace)
 
         def note(message: str) -> None:
             err_console.print(f"[yellow]note:[/] {message}", highlight=False)

@@ -3,6 +3,9 @@ with a stable reason code from `data_contracts/rejection.yaml`."""
 
 from __future__ import annotations
 
+import math
+import re
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,8 +70,23 @@ def nonempty(text: str, field: str) -> str:
     return text
 
 
+class _Short(reprlib.Repr):
+    """repr with bounded work: nesting cut at 3 levels, long integers shown by size (a plain repr
+    raises past 4,300 digits)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxstring, self.maxother = 3, 60, 60
+
+    def repr_int(self, x: int, level: int) -> str:
+        return f"<integer of {x.bit_length():,} bits>" if x.bit_length() > 128 else repr(x)
+
+
+_SHORT = _Short()
+
+
 def short(value: Any, limit: int = 40) -> str:
-    text = repr(value)
+    text = repr(value) if isinstance(value, (str, float)) else _SHORT.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -139,9 +157,25 @@ def split_last_assistant(conversation: list[dict[str, str]], field: str) -> tupl
     return conversation[:-1], nonempty(conversation[-1]["content"], field)
 
 
+# A number written as text (every CSV cell is text): decimal notation, or a spelling of NaN/Infinity
+# that float() accepts, so that it is caught as bad_number rather than read.
+NUMBER_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
+
+
 def score(value: Any, field: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A score or rating as a finite float (None when absent). NaN, ±Infinity and integers beyond
+    float range are `bad_number`: they cannot be ranked, and a NaN compares false with everything."""
+    if value is None or isinstance(value, str) and not value.strip():
+        return None  # absent, or an empty CSV cell
+    if isinstance(value, str) and NUMBER_TEXT.fullmatch(value.strip()):
+        number = float(value)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Reject("wrong_type", f"{field} is {type(value).__name__} {short(value)}, not a number")
-    return float(value)
+    else:
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float range
+            raise Reject("bad_number", f"{field} is {short(value)}, beyond float range") from None
+    if not math.isfinite(number):
+        raise Reject("bad_number", f"{field} is {short(value)}, not a finite number")
+    return number

@@ -232,6 +232,8 @@ def _label_fields(record: dict) -> list[str]:
 def _vote(value: object, field: str) -> int:
     if isinstance(value, bool):
         raise Reject("invalid_label", f"{field} is the boolean {value}")
+    if not isinstance(value, (int, float, str)):  # a list or object cannot be looked up as a label
+        raise Reject("invalid_label", f"{field} is {type(value).__name__} {short(value)}; expected 0, 1 or 2")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if value in TIE_LABELS:
@@ -326,6 +328,14 @@ def parse_model_solutions(record: dict, limits: Limits) -> list[Candidate]:
     models = [(k, v) for k, v in record.items() if isinstance(v, dict) and "is_correct" in v]
     if not models:
         raise Reject("missing_field", "no model solution objects ({is_correct, solution})")
+    for model, solution in models:
+        # Only true/false (or null: unknown, unused) say whether a solution is wrong; a 0, "false" or
+        # NaN would otherwise pass for "correct" and silently drop a pair.
+        if solution["is_correct"] is not None and not isinstance(solution["is_correct"], bool):
+            flag = solution["is_correct"]
+            raise Reject(
+                "wrong_type", f"{model}.is_correct is {type(flag).__name__} {short(flag)}, not true/false"
+            )
     pairs = []
     problems = []
     for model, solution in models:

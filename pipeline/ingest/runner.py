@@ -38,6 +38,7 @@ from pipeline.ingest.readers import (
     NotPreferenceData,
     RawRecord,
     Source,
+    SourceChanged,
     expand_folder,
     file_source,
     hub_sources,
@@ -50,7 +51,8 @@ from pipeline.workspace import Workspace
 log = logging.getLogger(__name__)
 
 # Bump when parsing rules change, so ingests made by older rules are not reused.
-INGEST_VERSION = 1
+# 2: non-finite scores, duplicate keys/columns, too-deep records, simultaneous --map renames.
+INGEST_VERSION = 2
 PAIR_COLUMNS = [
     "pair_id",
     "prompt",
@@ -84,6 +86,16 @@ class IngestOptions:
     max_field_chars: int = 100_000  # a text field longer than this is rejected as field_too_large
     max_raw_chars: int = 4_096  # bound on the raw record kept with a rejection
     batch_rows: int = 5_000  # records per Parquet write; bounds memory
+
+    def __post_init__(self) -> None:
+        for name, least in (("max_field_chars", 1), ("max_raw_chars", 0), ("batch_rows", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"IngestOptions.{name} must be an integer >= {least}, not {value!r}")
+        targets = Counter(self.column_map.values())
+        if any(count > 1 for count in targets.values()):
+            column = targets.most_common(1)[0][0]
+            raise ValueError(f"column map: column {column!r} is mapped to more than one name")
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -142,7 +154,7 @@ def ingest_source(
                 note(f"skipped {error}")
                 continue
         try:
-            results.append(_ingest_one(item, ws, fmt, name, options))
+            results.append(_ingest_checked(item, ws, fmt, name, options, note))
         except NotPreferenceData as error:
             if named:
                 raise
@@ -164,7 +176,29 @@ def _resolve(source: str | Path, note: Note) -> tuple[list[Source | Path], bool]
         return [file_source(path)], True
     if isinstance(source, str) and looks_like_hub_name(source):
         return list(hub_sources(source)), True
+    if path.is_symlink():
+        raise FileNotFoundError(f"{source}: a link that loops or points nowhere")
     raise FileNotFoundError(f"{source}: no such file or folder")
+
+
+def _ingest_checked(
+    source: Source, ws: Workspace, fmt: str | None, name: str | None, options: IngestOptions, note: Note
+) -> IngestResult:
+    """`_ingest_one`, and once more when the file changed while it was read (e.g. a writer that was
+    finishing): identified anew, so the rows and their `source_sha256` are of one version. A file
+    that changes again fails with SourceChanged naming it."""
+    try:
+        return _ingest_one(source, ws, fmt, name, options)
+    except SourceChanged:
+        if source.path is None:
+            raise
+        note(f"{source.describe()} changed while it was read; reading it again")
+        return _ingest_one(file_source(source.path), ws, fmt, name, options)
+
+
+def _before_read(source: Source) -> None:
+    """Runs between a source's identification (its sha256, hence the ingest id) and its reading.
+    Does nothing: a seam where tests change the file at exactly that moment."""
 
 
 def _ingest_one(
@@ -189,7 +223,9 @@ def _ingest_one(
     if previous is not None:
         result = replace(previous, reused=True)
     else:
-        detected = fmt or detect_format(_mapped(iter_records(source), options), source.describe())
+        _before_read(source)
+        records = iter_records(source, options.max_field_chars)
+        detected = fmt or detect_format(_mapped(records, options), source.describe())
         result = _write_ingest(source, final, ingest_id, detected, name or source.stem, options)
     _record(ws, source, result)
     _point_latest(ws, result)
@@ -197,18 +233,32 @@ def _ingest_one(
 
 
 def _mapped(records: Iterable[RawRecord], options: IngestOptions) -> Iterator[RawRecord]:
-    """Apply the column map (canonical <- source name) to object records."""
+    """Apply the column map (canonical <- source name) to object records. All renames take effect
+    at once, so `chosen=rejected,rejected=chosen` swaps the two columns."""
     if not options.column_map:
         yield from records
         return
     for record in records:
         if isinstance(record.value, dict):
             value = dict(record.value)
-            for canonical, original in options.column_map.items():
-                if original in value:
-                    value[canonical] = value.pop(original)
+            moved = {new: value[old] for new, old in options.column_map.items() if old in value}
+            for old in options.column_map.values():
+                value.pop(old, None)
+            value.update(moved)
             record = replace(record, value=value)
         yield record
+
+
+def _parse(record: RawRecord, parse: Callable[..., list], limits: Limits) -> list:
+    """A record's candidate pairs; raises Reject for anything that keeps it from being a pair."""
+    if record.error is not None:
+        raise Reject(*record.error)
+    if not isinstance(record.value, dict):
+        raise Reject("not_an_object", f"record is {type(record.value).__name__}, not an object")
+    try:
+        return parse(record.value, limits)
+    except RecursionError:  # a value nested too deep for some step of parsing: this record only
+        raise Reject("too_deep", "nested too deep to parse") from None
 
 
 def _batches(records: Iterable[RawRecord], size: int) -> Iterator[list[RawRecord]]:
@@ -246,18 +296,13 @@ def _write_ingest(
             pq.ParquetWriter(tmp / "pairs.parquet", pair_schema) as pair_writer,
             pq.ParquetWriter(tmp / "rejections.parquet", rejection_schema) as rejection_writer,
         ):
-            for batch in _batches(_mapped(iter_records(source), options), options.batch_rows):
+            records = iter_records(source, options.max_field_chars)
+            for batch in _batches(_mapped(records, options), options.batch_rows):
                 pair_rows, rejection_rows = [], []
                 for record in batch:
                     counts["read"] += 1
                     try:
-                        if record.error is not None:
-                            raise Reject(*record.error)
-                        if not isinstance(record.value, dict):
-                            raise Reject(
-                                "not_an_object", f"record is {type(record.value).__name__}, not an object"
-                            )
-                        candidates = parse(record.value, limits)
+                        candidates = _parse(record, parse, limits)
                     except Reject as reject:
                         counts["rejected"] += 1
                         reasons[reject.reason] += 1
