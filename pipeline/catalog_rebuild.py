@@ -89,7 +89,7 @@ def collect_records(ws: Workspace) -> tuple[list[Replay], list[str]]:
         (_legacy(ws.runs_dir, "run.json"), _run_replay),
     ]
     known_models = _known_model_ids(ws)
-    readers.append((_legacy(ws.models_dir, "sft.json"), lambda path: _sft_replay(path, known_models)))
+    readers.append((_legacy(ws.models_dir, "sft.json"), lambda path: _sft_replay(ws, path, known_models)))
     for paths, read in readers:
         for path in paths:
             try:
@@ -216,6 +216,8 @@ def _dataset_replay(path: Path) -> Replay:
     reference = manifest.get("reference_model") or {}
     if derived:  # reference log-probs (dpop refs): the model is recorded first, shards without meta
         meta: dict[str, Any] = {"reference_model": reference.get("id")}
+        if reference.get("dtype"):  # recorded since references have a fixed precision
+            meta["dtype"] = reference["dtype"]
     else:  # a build
         meta = {
             "funnel": manifest.get("funnel"),
@@ -288,17 +290,17 @@ def _run_replay(path: Path) -> Replay:
     return Replay(_written_at(path), path, write)
 
 
-def _sft_replay(path: Path, known_models: dict[str, str]) -> Replay:
+def _sft_replay(ws: Workspace, path: Path, known_models: dict[str, str]) -> Replay:
     record = _load(path)
     folder = path.parent
-    base = Path(record["base_model"])
     base_id = record["base_model_id"]
+    base = _base_folder(ws, record["base_model"], base_id, known_models)
     out_id = known_models.get(str(folder.resolve())) or model_id(folder)
     parents = {base_id: "sft_from", **(record.get("parents") or {})}
 
     def write(batch: CatalogBatch) -> None:
         # The SFT stage recorded its base only when the catalog did not know it yet.
-        batch.ensure_artifact(base_id, "model", uri=base.resolve().as_uri(), meta={"name": base.name})
+        batch.ensure_artifact(base_id, "model", uri=base.as_uri(), meta={"name": base.name})
         batch.record_artifact(
             out_id,
             "model",
@@ -308,6 +310,19 @@ def _sft_replay(path: Path, known_models: dict[str, str]) -> Replay:
         )
 
     return Replay(_written_at(path), path, write)
+
+
+def _base_folder(ws: Workspace, named: str, base_id: str, known_models: dict[str, str]) -> Path:
+    """sft.json names its base by path (older) or by folder name (a model under `<ws>/models/`)."""
+    given = Path(named)
+    if given.is_absolute():
+        return given
+    if (ws.models_dir / given).is_dir():
+        return ws.models_dir / given
+    for folder, known_id in known_models.items():
+        if known_id == base_id:
+            return Path(folder)
+    return given.resolve()
 
 
 def model_id(folder: Path) -> str:
