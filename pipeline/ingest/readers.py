@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import re
+import sys
 import tempfile
 import zlib
 from collections import Counter
@@ -411,9 +412,10 @@ def _json_text(data: bytes, where: str) -> str:
     return text
 
 
-# A JSON token: a string (escapes included), a bracket, a comma, a colon, or a run of other characters
-# (numbers, true/false/null). Enough to find where a value the parser refused ends.
-_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},:]|[^\s\[\]{},:"]+', re.S)
+# A JSON token: a string (escapes included), a run of opening or of closing brackets, a comma, a
+# colon, or a run of other characters (numbers, true/false/null). Enough to find where a value the
+# parser refused ends; runs keep a value nested a million deep to a few tokens.
+_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{]+|[\]}]+|[,:]|[^\s\[\]{},:"]+', re.S)
 
 
 def _value_end(text: str, start: int, where: str) -> int:
@@ -426,10 +428,12 @@ def _value_end(text: str, start: int, where: str) -> int:
             break
         position = match.end()
         token = match.group()
-        if token in ("[", "{"):
-            depth += 1
-        elif token in ("]", "}"):
-            depth -= 1
+        if token[0] in "[{":
+            depth += len(token)
+        elif token[0] in "]}":
+            if len(token) >= depth:  # this run closes the value (and maybe what encloses it)
+                return match.start() + max(depth, 1)
+            depth -= len(token)
         if depth <= 0:
             return position
     raise IngestError(f"{where}: not valid JSON (a value starting at character {start} never ends)")
@@ -471,7 +475,8 @@ def _arrow_records(batches: Iterator[pa.RecordBatch], where: str, start: int = 0
 
 def _check_unique_columns(names: list[str], where: str) -> None:
     # A record is a mapping: of two columns with one name only the last would survive, silently.
-    repeated = [(name, count) for name, count in Counter(names).items() if count > 1]
+    # Unnamed columns (a spreadsheet's trailing commas) cannot be mapped or read, so may repeat.
+    repeated = [(name, count) for name, count in Counter(names).items() if count > 1 and name != ""]
     if repeated:
         name, count = repeated[0]
         raise IngestError(f"{where}: column {name!r} appears {count} times; rename one so neither is lost")
@@ -568,7 +573,7 @@ def _read_csv(binary: BinaryIO, where: str, max_field_chars: int) -> Iterator[Ra
     # Undecodable bytes survive as surrogates so the bad row (not the file) is rejected; newline=""
     # keeps CRLF inside quoted fields exactly as written. The csv module's field limit is raised to
     # --max-field-chars (it is process-wide, so never lowered); a longer field is a row rejection.
-    csv.field_size_limit(max(csv.field_size_limit(), max_field_chars))
+    csv.field_size_limit(max(csv.field_size_limit(), min(max_field_chars, sys.maxsize)))  # a C long
     text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
     tap = _LineTap(text)
     reader = csv.reader(tap)

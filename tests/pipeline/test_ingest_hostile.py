@@ -201,6 +201,10 @@ def test_a_deep_element_of_a_json_array_is_isolated(tmp_path, workspace):
     assert_conserved(result)
     assert reasons_by_row(result) == {1: "too_deep", 2: "too_deep"}
     assert [p["source_row"] for p in pairs_of(result)] == [0, 3]
+    last = tmp_path / "deep_last.json"  # the deep value's closing brackets run into the array's
+    last.write_text(f'[{json.dumps(GOOD)}, {{"meta": {nested(1_000_000)}}}]')
+    (result,) = ingest_source(last, workspace, fmt="flat")
+    assert reasons_by_row(result) == {1: "too_deep"} and result.rows_kept == 1
 
 
 def test_a_deep_invalid_json_array_still_fails_as_invalid(tmp_path, workspace):
@@ -241,6 +245,8 @@ def test_a_csv_field_over_the_limit_is_one_rejection_and_the_limit_follows_the_o
     (raised,) = ingest_source(path, workspace, options=IngestOptions(max_field_chars=300_000))
     assert_conserved(raised)
     assert raised.rows_kept == 5 and raised.rows_rejected == 0
+    (unbounded,) = ingest_source(path, workspace, options=IngestOptions(max_field_chars=10**20))
+    assert unbounded.rows_kept == 5  # beyond a C long, the csv limit is the largest it can be
 
 
 # --- 2c. numbers that are not finite --------------------------------------------------------------
@@ -343,6 +349,10 @@ def test_duplicate_columns_fail_naming_the_file_and_column(tmp_path, workspace):
     with pytest.raises(IngestError, match=r"dup\.parquet: column 'chosen' appears 2 times"):
         ingest_source(parquet_path, workspace)
     assert_nothing_published(workspace)
+    unnamed = tmp_path / "trailing_commas.csv"  # unnamed columns cannot be read, so they may repeat
+    unnamed.write_text("prompt,chosen,rejected,,\np,c,r,,\n")
+    (result,) = ingest_source(unnamed, workspace)
+    assert result.rows_kept == 1
 
 
 def test_a_json_record_with_a_duplicate_key_is_one_rejection(tmp_path, workspace):
