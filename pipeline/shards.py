@@ -3,7 +3,10 @@
 The IPC *stream* format is what `datasets.Dataset.from_file` reads; `pyarrow.memory_map` opens it
 zero-copy, so a trainer maps the shards instead of loading them. Each shard and the manifest are
 written to a temporary name and renamed, and a reader trusts only files listed in the manifest with a
-matching size (and, on `verify=True`, sha256), so a killed build never yields a shard that passes.
+matching size and sha256, so neither a killed build nor bytes changed since (a bad disk, a stray
+write) yield a shard that passes. The sha256 is computed once per file version: the verdict is kept in
+`<ws>/cache/verified-shards.json`, keyed by the file's path, size, mtime, ctime and inode, so opening
+the same unchanged shard again costs a stat, not a read.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from pipeline.workspace import Workspace
 
 CONTRACT = "dpop_shard"
 MANIFEST = "manifest.json"
+VERDICTS_FILE = "verified-shards.json"  # in <ws>/cache/
 SPLITS = ("train", "eval")
 DEFAULT_ROWS_PER_SHARD = 50_000
 
@@ -119,11 +124,7 @@ class SplitWriter:
         self._open = None
         writer.close()
         stack.close()  # closes the file, then fsyncs and renames it to its final name
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-        self.infos.append(ShardInfo(path.name, rows, path.stat().st_size, digest.hexdigest()))
+        self.infos.append(ShardInfo(path.name, rows, path.stat().st_size, _file_sha256(path)))
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
@@ -139,19 +140,77 @@ def load_manifest(workspace: Workspace, dataset_id: str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def shard_paths(workspace: Workspace, dataset_id: str, split: str, verify: bool = False) -> list[Path]:
-    """The shard files of a split as listed in the manifest, checked against their recorded size/sha256."""
+def shard_paths(workspace: Workspace, dataset_id: str, split: str, verify: bool = True) -> list[Path]:
+    """The shard files of a split as listed in the manifest, checked against their recorded size and
+    (unless `verify=False`) sha256; a mismatch raises `ShardError` naming the file and both digests."""
     manifest = load_manifest(workspace, dataset_id)
     folder = workspace.dataset_dir(dataset_id)
-    paths = []
-    for info in manifest["splits"].get(split, {}).get("shards", []):
-        path = folder / info["file"]
-        if not path.is_file() or path.stat().st_size != info["bytes"]:
-            raise ShardError(f"shard {path} is missing or does not match the manifest")
-        if verify and hashlib.sha256(path.read_bytes()).hexdigest() != info["sha256"]:
-            raise ShardError(f"shard {path} fails its sha256 check")
-        paths.append(path)
-    return paths
+    listed = [(folder / info["file"], info) for info in manifest["splits"].get(split, {}).get("shards", [])]
+    for path, info in listed:
+        if not path.is_file():
+            raise ShardError(f"shard {path} listed in {folder / MANIFEST} is missing")
+        if path.stat().st_size != info["bytes"]:
+            raise ShardError(
+                f"shard {path} has {path.stat().st_size} bytes, but {folder / MANIFEST} records {info['bytes']}"
+            )
+    if verify:
+        verdicts = VerifiedShards(workspace.cache_dir / VERDICTS_FILE)
+        for path, info in listed:
+            verdicts.check(path, info["sha256"], folder / MANIFEST)
+        verdicts.save()
+    return [path for path, _ in listed]
+
+
+class VerifiedShards:
+    """Shards whose sha256 was checked, by file version (path, size, mtime_ns, ctime_ns, inode): a file
+    rewritten or touched since gets a new key and is hashed again. Only matches are remembered. The
+    file is a cache: unreadable means empty, a write lost to a concurrent reader means one more hash."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.changed = False
+        try:
+            self.entries: dict[str, dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))["shards"]
+        except (OSError, ValueError, KeyError, TypeError):
+            self.entries = {}
+
+    @staticmethod
+    def _version(stat: os.stat_result) -> list[int]:
+        return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+    def check(self, path: Path, expected: str, manifest_path: Path) -> None:
+        """Raise `ShardError` unless `path`'s bytes hash to `expected` (read only when not known good)."""
+        key = str(path.resolve())
+        before = self._version(path.stat())
+        known = self.entries.get(key)
+        if isinstance(known, dict) and known.get("version") == before and known.get("sha256") == expected:
+            return
+        actual = _file_sha256(path)
+        if actual != expected:
+            raise ShardError(
+                f"shard {path} is corrupt: its sha256 is {actual}, {manifest_path} records {expected}"
+            )
+        if self._version(path.stat()) == before:  # not changed while we read it
+            self.entries[key] = {"version": before, "sha256": actual}
+            self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        live = {key: entry for key, entry in self.entries.items() if Path(key).is_file()}
+        # A read-only cache folder: the next open hashes again, which is correct, only slower.
+        with contextlib.suppress(OSError):
+            write_text_atomic(self.path, json.dumps({"shards": live}, sort_keys=True) + "\n")
+        self.changed = False
+
+
+def _file_sha256(path: Path) -> str:
+    """Streamed in 1 MiB reads: a shard of any size costs constant memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def open_shard(path: Path) -> pa.Table:

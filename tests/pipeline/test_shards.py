@@ -3,6 +3,8 @@ batches them; the streaming writer bounds shard size and leaves nothing behind w
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,7 +13,17 @@ from datasets import Dataset
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from pipeline.build import build_dataset
-from pipeline.shards import SplitWriter, load_manifest, open_shard, shard_paths, shard_schema
+from pipeline.shards import (
+    ShardError,
+    SplitWriter,
+    load_manifest,
+    open_shard,
+    open_split,
+    shard_paths,
+    shard_schema,
+    write_manifest,
+    write_split,
+)
 from pipeline.workspace import Workspace
 from tests.pipeline._pairs import tiny_tokenizer, write_ingest
 
@@ -107,3 +119,80 @@ def test_trl_collator_batches_our_rows(built: tuple[Workspace, str]) -> None:
         assert int(batch["completion_mask"][i].sum()) == len(example["chosen_ids"])
         assert example["chosen_ids"][-1] == manifest["tokenizer"]["eos_token_id"]
     assert set(batch["input_ids"][batch["attention_mask"] == 0].tolist()) <= {pad}
+
+
+def small_version(workspace: Workspace, count: int = 40, rows_per_shard: int = 16) -> str:
+    """A dataset version written straight from rows (no build): its shards are ours to damage."""
+    out_dir = workspace.dataset_dir("ds-small")
+    infos = write_split(out_dir, "train", rows(count), rows_per_shard=rows_per_shard)
+    write_manifest(
+        out_dir,
+        {
+            "dataset_id": "ds-small",
+            "splits": {"train": {"rows": count, "shards": [info.as_dict() for info in infos]}},
+        },
+    )
+    return "ds-small"
+
+
+def flip_one_byte(path: Path, keep_mtime: bool = False) -> None:
+    """Change one byte in place: same size, same inode (what a bad disk or a stray write does)."""
+    stat = path.stat()
+    with open(path, "r+b") as handle:
+        handle.seek(stat.st_size // 2)
+        byte = handle.read(1)
+        handle.seek(stat.st_size // 2)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    if keep_mtime:
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_corrupt_shard_fails_on_open_naming_file_and_digests(tmp_path: Path) -> None:
+    workspace = Workspace.open(tmp_path / "ws")
+    dataset_id = small_version(workspace)
+    assert open_split(workspace, dataset_id, "train").equals(rows(40))  # clean: opens (and is remembered)
+    shard = workspace.dataset_dir(dataset_id) / "train-00001.arrow"
+    expected = load_manifest(workspace, dataset_id)["splits"]["train"]["shards"][1]["sha256"]
+    # mtime put back: the remembered verdict must not vouch for changed bytes (ctime and inode count too)
+    flip_one_byte(shard, keep_mtime=True)
+    actual = hashlib.sha256(shard.read_bytes()).hexdigest()
+    with pytest.raises(ShardError) as error:
+        open_split(workspace, dataset_id, "train")
+    message = str(error.value)
+    assert "\n" not in message
+    assert str(shard) in message and expected in message and actual in message
+    with pytest.raises(ShardError, match="is corrupt"):  # every time: a bad verdict is not remembered
+        shard_paths(workspace, dataset_id, "train")
+
+
+def test_an_unchanged_shard_is_hashed_once(tmp_path: Path) -> None:
+    io_counters = Path("/proc/self/io")
+    if not io_counters.is_file():
+        pytest.skip("no /proc/self/io to count the bytes read")
+    workspace = Workspace.open(tmp_path / "ws")
+    dataset_id = small_version(workspace, count=20_000, rows_per_shard=20_000)
+    [shard] = shard_paths(workspace, dataset_id, "train", verify=False)
+
+    def bytes_read_by(action) -> int:
+        before = int(io_counters.read_text().split("rchar: ")[1].split()[0])
+        action()
+        return int(io_counters.read_text().split("rchar: ")[1].split()[0]) - before
+
+    verify = lambda: shard_paths(workspace, dataset_id, "train")  # noqa: E731
+    assert bytes_read_by(verify) >= shard.stat().st_size  # the first open reads it all
+    assert bytes_read_by(verify) < shard.stat().st_size // 10  # the second: manifest and verdicts only
+    shard.touch()  # a new version of the file as far as anyone can tell: hashed again
+    assert bytes_read_by(verify) >= shard.stat().st_size
+
+
+def test_size_mismatch_and_missing_shard(tmp_path: Path) -> None:
+    workspace = Workspace.open(tmp_path / "ws")
+    dataset_id = small_version(workspace)
+    shard = workspace.dataset_dir(dataset_id) / "train-00000.arrow"
+    with open(shard, "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ShardError, match=f"shard {shard} has \\d+ bytes, but .* records \\d+"):
+        open_split(workspace, dataset_id, "train")
+    shard.unlink()
+    with pytest.raises(ShardError, match="is missing"):
+        open_split(workspace, dataset_id, "train")
