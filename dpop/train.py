@@ -24,7 +24,7 @@ from typing import Any
 from dpop.config import TrainConfig
 from dpop.data import ShardDataset
 from dpop.model_io import check_tokenizer, load_causal_lm, model_id, record_model, require_model_dir
-from pipeline.atomic import write_text_atomic
+from pipeline.atomic import temporary_path, write_text_atomic
 from pipeline.catalog import Catalog
 from pipeline.identity import stable_hash
 from pipeline.shards import load_manifest
@@ -120,7 +120,7 @@ def train(
         final_metrics.update(trainer.evaluate())
 
     model_dir = run_dir / "model"
-    staging = run_dir / ".tmp-model"
+    staging = _staging_folder(model_dir, state)
     trainer.save_model(str(staging))  # all ranks: FSDP/DeepSpeed gather weights collectively
     state.wait_for_everyone()
     if state.is_main_process:
@@ -145,6 +145,17 @@ def train(
         )
     state.wait_for_everyone()
     return TrainResult(run_id=run_id, run_dir=run_dir, model_dir=model_dir, final_metrics=final_metrics)
+
+
+def _staging_folder(model_dir: Path, state: Any) -> Path:
+    """A temporary beside `model_dir` tagged with the main process (a workspace sweep leaves it alone
+    while this run lives), the same on every rank: each one passes it to save_model."""
+    from accelerate.utils import broadcast_object_list
+
+    holder = [str(temporary_path(model_dir))]
+    if state.num_processes > 1:
+        broadcast_object_list(holder, from_process=0)
+    return Path(holder[0])
 
 
 def _resolve_run_id(

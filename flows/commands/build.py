@@ -29,10 +29,10 @@ def build(
 ) -> None:
     """Score, curate, split, tokenise and shard the latest ingests; print the funnel and the dataset id."""
     with clean_errors():
+        from flows.commands._workspace import writable_workspace
         from pipeline.build import build_dataset
-        from pipeline.workspace import Workspace
 
-        ws = Workspace.open(workspace)
+        ws = writable_workspace(workspace)
         with console.status("building dataset…"):
             result = build_dataset(ws, config, tokenizer, batch_rows=batch_rows)
         print_funnel(result)
@@ -107,11 +107,11 @@ def train_tokenizer(
 ) -> None:
     """Train the tiny byte-level BPE tokenizer (with a chat template) on the ingested pairs."""
     with clean_errors():
+        from flows.commands._workspace import writable_workspace
         from pipeline.ingest import latest_ingests
         from pipeline.tiny_tokenizer import tokenizer_texts_from_pairs, train_tiny_tokenizer
-        from pipeline.workspace import Workspace
 
-        ws = Workspace.open(workspace)
+        ws = writable_workspace(workspace)
         ingests = latest_ingests(ws)
         if not ingests:
             raise ValueError(f"no ingested pairs in workspace {ws.root}: run `dpop ingest` first")

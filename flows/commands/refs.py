@@ -25,9 +25,9 @@ def refs(
     """Compute ref_chosen_logps / ref_rejected_logps with the reference model; print the new dataset id."""
     with clean_errors():
         from dpop.refs import compute_reference_logps
-        from pipeline.workspace import Workspace
+        from flows.commands._workspace import writable_workspace
 
-        new_id = compute_reference_logps(Workspace.open(workspace), dataset, model, batch_size=batch_size)
+        new_id = compute_reference_logps(writable_workspace(workspace), dataset, model, batch_size=batch_size)
         console.print(f"reference log-probs of {dataset} stored in dataset version:")
         console.print(new_id, highlight=False, markup=False)
 

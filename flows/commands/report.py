@@ -21,11 +21,11 @@ def report(
 ) -> None:
     """Write the run's report: index.html plus PNG figures, in one self-contained folder."""
     with clean_errors():
+        from flows.commands._workspace import writable_workspace
         from pipeline.report import build_report
-        from pipeline.workspace import Workspace
 
         with console.status("drawing the figures"):
-            index = build_report(Workspace.open(workspace), run_id, out)
+            index = build_report(writable_workspace(workspace), run_id, out)
         console.print(f"report: [bold]{index}[/]")
         if open_page:
             import webbrowser

@@ -122,9 +122,9 @@ def _run_chain(
     flow_options: dict,
 ) -> dict:
     from dpop.config import TrainConfig
-    from pipeline.workspace import Workspace
+    from flows.commands._workspace import writable_workspace
 
-    ws = Workspace.open(workspace)
+    ws = writable_workspace(workspace)
     sources = [str(s) for s in inputs] if inputs else [str(_synthetic_input(ws, settings))]
     console.rule("[bold]1/5 ingest")
     ingests = _ingest(ws, sources)

@@ -49,7 +49,7 @@ def train(
     with clean_errors():
         from dpop.config import TrainConfig
         from dpop.train import train as run_training
-        from pipeline.workspace import Workspace
+        from flows.commands._workspace import writable_workspace
 
         base = TrainConfig.from_yaml(config) if config else TrainConfig()
         train_config = base.with_overrides(
@@ -63,7 +63,7 @@ def train(
             per_device_train_batch_size=batch_size,
         )
         result = run_training(
-            Workspace.open(workspace), dataset, model, train_config, run_id=run_id, resume=resume
+            writable_workspace(workspace), dataset, model, train_config, run_id=run_id, resume=resume
         )
         print_final_metrics(result.final_metrics)
         console.print(f"model saved in {result.model_dir}")
