@@ -198,8 +198,9 @@ def run_trl(setup: dict, args: argparse.Namespace, counter: TokenCounter, precom
 
     import trl
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
+    from dpop.model_io import load_causal_lm
     from pipeline.shards import open_split
     from pipeline.workspace import Workspace
 
@@ -238,7 +239,7 @@ def run_trl(setup: dict, args: argparse.Namespace, counter: TokenCounter, precom
         )
         started = time.perf_counter()
         trainer = PretokenizedDPOTrainer(
-            model=AutoModelForCausalLM.from_pretrained(setup["model"]),
+            model=load_causal_lm(setup["model"]),  # safetensors only, as every load in dpop
             args=config,
             train_dataset=Dataset(table),
             processing_class=AutoTokenizer.from_pretrained(setup["model"]),

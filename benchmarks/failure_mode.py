@@ -301,9 +301,9 @@ def build_reference(
             print(f"  sft {s}/{t} loss {loss:.3f}", flush=True) if s % 25 == 0 or s == t else None
         ),
     )
-    from transformers import AutoModelForCausalLM
+    from dpop.model_io import load_causal_lm
 
-    return tokenizer, AutoModelForCausalLM.from_pretrained(str(sft.model_dir), dtype=torch.float32), sft
+    return tokenizer, load_causal_lm(sft.model_dir, dtype=torch.float32), sft
 
 
 def run_dataset(

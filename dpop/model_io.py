@@ -1,8 +1,10 @@
-"""Models on disk: their catalog id, safe loading, and the check that a model's tokenizer is the one
-the shards were made with.
+"""Models on disk: their catalog id, safe loading, the check that a model's tokenizer is the one the
+shards were made with.
 
-Loading never unpickles: weights must be safetensors (`use_safetensors=True`), and remote code is
-refused unless the caller opts in (`trust_remote_code=True`).
+Loading never unpickles: every model load in dpop goes through `load_causal_lm`, which reads
+safetensors only (`use_safetensors=True`) and refuses a folder that has only pickled weights
+(`pytorch_model.bin` & co: unpickling a file can run any code in it). Remote code is refused unless
+the caller opts in (`trust_remote_code=True`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ from pipeline.catalog import Catalog, CatalogBatch
 from pipeline.identity import file_sha256, tree_sha256
 
 TOKENIZER_FILE = "tokenizer.json"
+# Weight files that are pickles (torch.save, TF/Flax checkpoints aside): named in the refusal.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+class PickledWeightsError(ValueError):
+    """A model folder offers only pickled weights, which dpop does not load."""
 
 
 def model_id(model_path: str | os.PathLike[str]) -> str:
@@ -56,17 +64,29 @@ def check_tokenizer(manifest: dict[str, Any], model_path: str | os.PathLike[str]
         )
 
 
+def require_safetensors(model_path: str | os.PathLike[str]) -> Path:
+    """The model folder, if it holds safetensors weights; otherwise one line naming the folder and
+    the pickled files it holds instead (they are never opened)."""
+    path = require_model_dir(model_path)
+    if any(path.glob("*.safetensors")):
+        return path
+    pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not pickled:
+        raise FileNotFoundError(f"model folder {path} has no *.safetensors weights")
+    raise PickledWeightsError(
+        f"model folder {path} has only pickled weights ({', '.join(pickled)}); dpop loads safetensors "
+        "only, since unpickling can run code: convert it where you trust the file "
+        "(from_pretrained, then save_pretrained(..., safe_serialization=True))"
+    )
+
+
 def load_causal_lm(
     model_path: str | os.PathLike[str], dtype: Any = None, trust_remote_code: bool = False
 ) -> Any:
     """`AutoModelForCausalLM.from_pretrained` from safetensors only (no pickle), no remote code by default."""
+    path = require_safetensors(model_path)
     from transformers import AutoModelForCausalLM
 
-    path = require_model_dir(model_path)
-    if not any(path.glob("*.safetensors")):
-        raise FileNotFoundError(
-            f"model path {path} has no *.safetensors weights (pickled weights are not loaded)"
-        )
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
     )

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from dpop.model_io import model_id
+from dpop.model_io import load_causal_lm, model_id
 from pipeline.atomic import atomic_dir
 from pipeline.catalog import Catalog
 from pipeline.identity import stable_hash
@@ -150,8 +150,6 @@ def warm_up(
     `name` defaults to `sft-<key>` where the key hashes the base model's files, the examples and the
     config, so a changed input gets a new folder. `parents` adds catalog edges (e.g. the dataset the
     examples came from, `{dataset_id: "sft_on"}`). `on_step(step, total, loss)` reports progress."""
-    from transformers import AutoModelForCausalLM
-
     config = config or SFTConfig()
     if not examples:
         raise ValueError("SFT warm-up needs at least one example")
@@ -167,7 +165,7 @@ def warm_up(
         return SFTResult(out, model_id(out), reused=True, losses=record.get("losses", []))
 
     torch.manual_seed(config.seed)
-    model = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=torch.float32)
+    model = load_causal_lm(base_model, dtype=torch.float32)  # safetensors only: never unpickles
     model.train()
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     optimizer = torch.optim.AdamW(

@@ -122,8 +122,11 @@ def _run_chain(
     flow_options: dict,
 ) -> dict:
     from dpop.config import TrainConfig
+    from dpop.model_io import require_safetensors
     from flows.commands._workspace import writable_workspace
 
+    if model:
+        require_safetensors(model)  # refuse pickled weights before any work, not deep inside a flow
     ws = writable_workspace(workspace)
     sources = [str(s) for s in inputs] if inputs else [str(_synthetic_input(ws, settings))]
     console.rule("[bold]1/5 ingest")

@@ -8,7 +8,7 @@ import torch
 
 from dpop.data import ShardDataset
 from dpop.logps import PairCollator, pair_logps
-from dpop.model_io import model_id
+from dpop.model_io import PickledWeightsError, load_causal_lm, model_id
 from dpop.refs import compute_reference_logps
 from pipeline.catalog import Catalog
 from pipeline.shards import load_manifest, shard_paths
@@ -16,8 +16,6 @@ from tests.dpop.conftest import write_dataset
 
 
 def test_reference_logps_written_to_a_new_version(workspace, tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-
     dataset_id = write_dataset(workspace, tiny_model_dir, train=30, eval=6, rows_per_shard=8)
     new_id = compute_reference_logps(workspace, dataset_id, tiny_model_dir, batch_size=7, progress=False)
     assert new_id != dataset_id
@@ -26,6 +24,7 @@ def test_reference_logps_written_to_a_new_version(workspace, tiny_model_dir):
     reference = model_id(tiny_model_dir)
     assert manifest["dataset_id"] == new_id
     assert manifest["reference_model"]["id"] == reference
+    assert manifest["reference_model"]["dtype"] == "float32"  # the default: training's default too
     assert {(p["id"], p["relation"]) for p in manifest["parents"]} == {
         (dataset_id, "reference_logps_from"),
         (reference, "reference_model"),
@@ -33,7 +32,7 @@ def test_reference_logps_written_to_a_new_version(workspace, tiny_model_dir):
     assert manifest["tokenizer"] == load_manifest(workspace, dataset_id)["tokenizer"]
     assert [len(shard_paths(workspace, new_id, split, verify=True)) for split in ("train", "eval")] == [4, 1]
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    model = load_causal_lm(tiny_model_dir, dtype=torch.float32).eval()
     for split in ("train", "eval"):
         before, after = (
             ShardDataset.open(workspace, dataset_id, split),
@@ -75,5 +74,8 @@ def test_missing_model_and_dataset(workspace, tiny_model_dir, tmp_path):
     for name in ("config.json", "tokenizer.json"):
         (pickled / name).write_bytes((tiny_model_dir / name).read_bytes())
     (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(PickledWeightsError, match="only pickled weights \\(pytorch_model.bin\\)"):
+        compute_reference_logps(workspace, dataset_id, pickled, progress=False)
+    (pickled / "pytorch_model.bin").unlink()
     with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
         compute_reference_logps(workspace, dataset_id, pickled, progress=False)
