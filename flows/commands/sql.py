@@ -131,7 +131,8 @@ def _print_table(frame, limit: int) -> None:
     if len(widths) < frame.width:
         hidden = frame.columns[len(widths) :]
         notes.append(f"{len(hidden)} more columns not shown: {', '.join(hidden)}")
-    console.print(f"{frame.height} rows" + (f" ({'; '.join(notes)})" if notes else ""), highlight=False)
+    count = f"{frame.height} row" + ("" if frame.height == 1 else "s")
+    console.print(count + (f" ({'; '.join(notes)})" if notes else ""), highlight=False)
 
 
 def column_widths(names: list[str], rows: list[list[str]], width: int) -> list[int]:

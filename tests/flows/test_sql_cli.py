@@ -37,7 +37,7 @@ def test_table_fits_the_terminal_and_summarises_nested_values(workspace):
     assert all(len(line) <= console.width for line in lines), max(len(line) for line in lines)
     assert "[2 msgs] user" in result.output and "Step by step" not in result.output
     assert "…" in result.output  # long text cut with an ellipsis
-    assert "1 rows" in result.output
+    assert "1 row" in result.output
 
 
 def test_cells_are_one_short_line():
