@@ -1,5 +1,5 @@
 """Models on disk: their catalog id, safe loading, the check that a model's tokenizer is the one the
-shards were made with.
+shards were made with, and the numeric precision a forward pass runs in.
 
 Loading never unpickles: every model load in dpop goes through `load_causal_lm`, which reads
 safetensors only (`use_safetensors=True`) and refuses a folder that has only pickled weights
@@ -9,7 +9,10 @@ the caller opts in (`trust_remote_code=True`).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from pipeline.catalog import Catalog, CatalogBatch
 from pipeline.identity import file_sha256, tree_sha256
 
 TOKENIZER_FILE = "tokenizer.json"
+DTYPES = ("float32", "bfloat16", "float16")
 # Weight files that are pickles (torch.save, TF/Flax checkpoints aside): named in the refusal.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -90,6 +94,76 @@ def load_causal_lm(
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
     )
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a forward pass computes in: the dtype the weights are loaded in, and the dtype of mixed
+    precision (`torch.autocast`, as accelerate applies it for `bf16: true` / `fp16: true`), if any.
+
+    Log-probs computed in one precision differ from another's by far more than the trainer's float
+    tolerance (bf16 keeps 8 bits of mantissa), so reference log-probs are stored with the precision
+    they were computed in, and the policy must train in that same one. `label` is its one-string form:
+    `float32`, `bfloat16`, or `float32+autocast-bfloat16` (float32 weights under bf16 autocast)."""
+
+    weights: str = "float32"
+    autocast: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.weights not in DTYPES:
+            raise ValueError(f"dtype {self.weights!r} is not one of {', '.join(DTYPES)}")
+        if self.autocast not in (None, *DTYPES[1:]):
+            raise ValueError(f"autocast dtype {self.autocast!r} is not one of {', '.join(DTYPES[1:])}")
+
+    @property
+    def label(self) -> str:
+        return self.weights if self.autocast is None else f"{self.weights}+autocast-{self.autocast}"
+
+    @classmethod
+    def parse(cls, value: Precision | str) -> Precision:
+        if isinstance(value, Precision):
+            return value
+        weights, _, autocast = str(value).partition("+autocast-")
+        return cls(weights, autocast or None)
+
+    def torch_dtype(self) -> Any:
+        import torch
+
+        return getattr(torch, self.weights)
+
+    @contextlib.contextmanager
+    def autocast_context(self, device_type: str) -> Iterator[None]:
+        import torch
+
+        if self.autocast is None:
+            yield
+        else:
+            with torch.autocast(device_type=device_type, dtype=getattr(torch, self.autocast)):
+                yield
+
+    def forward_of(self, model: Any, device_type: str) -> Callable[..., Any]:
+        """`model` called under this precision's autocast, as accelerate wraps the policy's forward
+        (only the forward: what follows it, log-softmax included, runs outside autocast in both)."""
+        if self.autocast is None:
+            return model
+
+        def forward(**inputs: Any) -> Any:
+            with self.autocast_context(device_type):
+                return model(**inputs)
+
+        return forward
+
+
+def precision_for_training(config: Any) -> Precision:
+    """The precision a policy trains in under a training config (a TrainConfig or its dict form):
+    its `model_dtype` weights, under bf16/fp16 autocast when `bf16`/`fp16` is set."""
+    get = (
+        config.get if isinstance(config, Mapping) else lambda key, default=None: getattr(config, key, default)
+    )
+    autocast = "bfloat16" if get("bf16", False) else "float16" if get("fp16", False) else None
+    if autocast and get("deepspeed"):
+        return Precision(autocast)  # DeepSpeed casts the weights themselves instead of autocasting
+    return Precision(get("model_dtype", "float32") or "float32", autocast)
 
 
 def record_model(

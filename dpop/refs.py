@@ -1,11 +1,17 @@
 """Reference log-probabilities computed once and stored in the shards: training then loads no reference model.
 
-`compute_reference_logps` runs the reference model (no grad, large length-sorted batches, bf16 on a
-GPU that has it) over every split of a tokenised dataset version and writes a *new* version whose
-shards are the same rows with `ref_chosen_logps` / `ref_rejected_logps` filled. Its parents are the
-tokenised version (`reference_logps_from`) and the model (`reference_model`); its id is a hash of both,
-so asking again for the same pair reuses the folder. The folder is built under a temporary name and
-renamed: a crash leaves no version a reader could take for whole.
+`compute_reference_logps` runs the reference model (no grad, large length-sorted batches) over every
+split of a tokenised dataset version and writes a *new* version whose shards are the same rows with
+`ref_chosen_logps` / `ref_rejected_logps` filled. Its parents are the tokenised version
+(`reference_logps_from`) and the model (`reference_model`); its id is a hash of both and of the
+precision, so asking again for the same triple reuses the folder. The folder is built under a
+temporary name and renamed: a crash leaves no version a reader could take for whole.
+
+The precision (`dtype`, a `dpop.model_io.Precision` or its label) must be the one the policy trains in
+(`precision_for_training(config)`): at step 0 the policy is the reference, so its log-ratio is 0 only
+when both forward passes run the same arithmetic; bf16 references against a float32 policy would give
+every pair a log-ratio of a few nats and switch DPOP's penalty on before any update. The manifest
+records it (`reference_model.dtype`) and training refuses a mismatch (`check_reference_precision`).
 """
 
 from __future__ import annotations
@@ -19,11 +25,18 @@ import numpy as np
 import pyarrow as pa
 
 from dpop.data import ShardDataset
-from dpop.model_io import check_tokenizer, load_causal_lm, model_id, record_model, require_model_dir
+from dpop.model_io import (
+    Precision,
+    check_tokenizer,
+    load_causal_lm,
+    model_id,
+    record_model,
+    require_model_dir,
+)
 from pipeline.atomic import atomic_dir
 from pipeline.catalog import Catalog
 from pipeline.identity import stable_hash
-from pipeline.shards import MANIFEST, SPLITS, load_manifest, write_manifest, write_split
+from pipeline.shards import MANIFEST, SPLITS, load_manifest, shard_paths, write_manifest, write_split
 from pipeline.workspace import Workspace
 
 DEFAULT_BATCH_SIZE = 64
@@ -34,8 +47,11 @@ DEFAULT_TOKEN_BUDGET = 65_536
 CARRIED_FILES = ("pairs.parquet", "rejections.parquet")
 
 
-def reference_dataset_id(dataset_id: str, reference_model_id: str) -> str:
-    return f"{dataset_id.split('-ref-')[0]}-ref-{stable_hash([dataset_id, reference_model_id], 12)}"
+def reference_dataset_id(
+    dataset_id: str, reference_model_id: str, precision: Precision | str = "float32"
+) -> str:
+    identity = [dataset_id, reference_model_id, Precision.parse(precision).label]
+    return f"{dataset_id.split('-ref-')[0]}-ref-{stable_hash(identity, 12)}"
 
 
 def compute_reference_logps(
@@ -45,16 +61,21 @@ def compute_reference_logps(
     batch_size: int | None = None,
     trust_remote_code: bool = False,
     progress: bool = True,
+    dtype: Precision | str = "float32",
 ) -> str:
-    """Fill the ref_* columns of `dataset_id` with `model_path`'s log-probs; return the new dataset id."""
+    """Fill the ref_* columns of `dataset_id` with `model_path`'s log-probs computed in precision
+    `dtype` (the policy's: `precision_for_training(config)`); return the new dataset id."""
     import torch
 
+    precision = Precision.parse(dtype)
     ws = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
     model_path = require_model_dir(model_path)
     manifest = load_manifest(ws, dataset_id)
     check_tokenizer(manifest, model_path)
+    for split in manifest.get("splits", {}):
+        shard_paths(ws, dataset_id, split)  # a corrupt parent fails here, even when the result exists
     reference_id = model_id(model_path)
-    new_id = reference_dataset_id(dataset_id, reference_id)
+    new_id = reference_dataset_id(dataset_id, reference_id, precision)
     new_dir = ws.dataset_dir(new_id)
     catalog = Catalog(ws)
     if (new_dir / MANIFEST).is_file():
@@ -62,11 +83,9 @@ def compute_reference_logps(
         return new_id
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    model = load_causal_lm(
-        model_path, dtype=torch.bfloat16 if use_bf16 else torch.float32, trust_remote_code=trust_remote_code
-    )
+    model = load_causal_lm(model_path, dtype=precision.torch_dtype(), trust_remote_code=trust_remote_code)
     model.to(device).eval()
+    forward = precision.forward_of(model, device.type)
     pad_token_id = _pad_token_id(model_path)
     batch_size = batch_size or DEFAULT_BATCH_SIZE
 
@@ -77,7 +96,7 @@ def compute_reference_logps(
                 continue
             dataset = ShardDataset.open(ws, dataset_id, split)
             chosen, rejected = split_reference_logps(
-                model, dataset, pad_token_id, batch_size, device, progress
+                forward, dataset, pad_token_id, batch_size, device, progress
             )
             table = dataset.table
             table = _set_column(table, "ref_chosen_logps", chosen)
@@ -96,11 +115,7 @@ def compute_reference_logps(
                 {"id": dataset_id, "kind": "dataset", "relation": "reference_logps_from"},
                 {"id": reference_id, "kind": "model", "relation": "reference_model"},
             ],
-            reference_model={
-                "id": reference_id,
-                "path": str(model_path),
-                "dtype": "bfloat16" if use_bf16 else "float32",
-            },
+            reference_model={"id": reference_id, "path": str(model_path), "dtype": precision.label},
             splits=splits,
         )
         write_manifest(tmp, new_manifest)
@@ -113,7 +128,7 @@ def compute_reference_logps(
             "dataset",
             uri=str(new_dir),
             rows=rows,
-            meta={"reference_model": reference_id},
+            meta={"reference_model": reference_id, "dtype": precision.label},
             parents={dataset_id: "reference_logps_from", reference_id: "reference_model"},
         )
         for split in splits.values():
@@ -126,6 +141,26 @@ def compute_reference_logps(
                     parents={new_id: "part_of"},
                 )
     return new_id
+
+
+def check_reference_precision(manifest: dict[str, Any], precision: Precision | str) -> None:
+    """Refuse stored reference log-probs computed in another precision than the policy trains in:
+    the policy would start with a log-ratio that is rounding, not learning (see the module doc)."""
+    policy = Precision.parse(precision)
+    reference = manifest.get("reference_model") or {}
+    stored = reference.get("dtype")
+    if stored == policy.label:
+        return
+    parent = next(
+        (p["id"] for p in manifest.get("parents", []) if p.get("relation") == "reference_logps_from"),
+        manifest.get("dataset_id", "").split("-ref-")[0],
+    )
+    flags = f"--dtype {policy.weights}" + (f" --autocast {policy.autocast}" if policy.autocast else "")
+    raise ValueError(
+        f"dataset {manifest.get('dataset_id')} holds reference log-probs computed in {stored or 'an unrecorded precision'}, "
+        f"but the policy trains in {policy.label}: recompute them with "
+        f"`dpop refs --dataset {parent} --model {reference.get('path', 'REFERENCE')} {flags}`"
+    )
 
 
 def token_budget_batches(
@@ -143,7 +178,7 @@ def token_budget_batches(
 
 
 def split_reference_logps(
-    model: Any,
+    model: Any,  # a model, or its forward under autocast (Precision.forward_of)
     dataset: ShardDataset,
     pad_token_id: int,
     batch_size: int,

@@ -23,7 +23,15 @@ from typing import Any
 
 from dpop.config import TrainConfig
 from dpop.data import ShardDataset
-from dpop.model_io import check_tokenizer, load_causal_lm, model_id, record_model, require_model_dir
+from dpop.model_io import (
+    check_tokenizer,
+    load_causal_lm,
+    model_id,
+    precision_for_training,
+    record_model,
+    require_model_dir,
+)
+from dpop.refs import check_reference_precision
 from pipeline.atomic import temporary_path, write_text_atomic
 from pipeline.catalog import Catalog
 from pipeline.identity import stable_hash
@@ -71,6 +79,8 @@ def train(
     eval_set = ShardDataset.open(ws, dataset_id, "eval") if "eval" in manifest.get("splits", {}) else None
     eval_set = eval_set if eval_set is not None and len(eval_set) else None
     stored_refs = train_set.has_reference_logps() and (eval_set is None or eval_set.has_reference_logps())
+    if stored_refs:  # the policy must start where the stored values were computed (dpop.refs)
+        check_reference_precision(manifest, precision_for_training(config))
 
     # accelerate picks gloo/MULTI_CPU only when told it runs on CPU; it is a process-wide singleton, so
     # the first PartialState decides for the Trainer's Accelerator too.

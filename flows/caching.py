@@ -92,9 +92,13 @@ def build_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 
 
 def refs_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """(dataset id, reference model content, batch size-free: the values do not depend on it)."""
+    """(dataset id, reference model content, precision; batch size-free: the values do not depend on it)."""
     return _key(
-        "refs", parameters["workspace"], parameters["dataset_id"], content_sha256(parameters["model_path"])
+        "refs",
+        parameters["workspace"],
+        parameters["dataset_id"],
+        content_sha256(parameters["model_path"]),
+        parameters.get("dtype", "float32"),
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import prefect.runtime.flow_run
 from prefect import flow
 
+from dpop.model_io import precision_for_training
 from flows.artifacts import publish
 from flows.caching import start_key
 from flows.lock import workspace_lock
@@ -121,7 +122,10 @@ def data_to_model_flow(
                 workspace=str(ws.root), ingests=ingests, curate_config=curation, tokenizer=str(tokenizer_path)
             )
             refs = refs_flow(
-                workspace=str(ws.root), dataset_id=build["dataset_id"], reference_model=str(reference)
+                workspace=str(ws.root),
+                dataset_id=build["dataset_id"],
+                reference_model=str(reference),
+                dtype=precision_for_training(training).label,  # the policy's: log-ratio 0 at step 0
             )
             start = latest_model(ws) if warm_start else None
             if warm_start and start is None:

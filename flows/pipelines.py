@@ -129,8 +129,11 @@ def build_flow(
 
 
 @flow(name="reference-logps", log_prints=True)
-def refs_flow(workspace: str, dataset_id: str, reference_model: str) -> dict[str, Any]:
-    """Store a reference model's log-probs beside the tokens: a new dataset version."""
+def refs_flow(
+    workspace: str, dataset_id: str, reference_model: str, dtype: str = "float32"
+) -> dict[str, Any]:
+    """Store a reference model's log-probs beside the tokens (computed in precision `dtype`, the label of
+    the policy's `dpop.model_io.Precision`): a new dataset version."""
     ws = Workspace.open(workspace)
     with flow_run_events(ws, [file_ref(ws.dataset_dir(dataset_id)), file_ref(reference_model)]) as lineage:
         result, cached = run_cached(
@@ -139,6 +142,7 @@ def refs_flow(workspace: str, dataset_id: str, reference_model: str) -> dict[str
             workspace=str(ws.root),
             dataset_id=dataset_id,
             model_path=str(reference_model),
+            dtype=dtype,
         )
         result = {**result, "cached": cached}
         print(f"reference log-probs: dataset {result['dataset_id']}" + (" (cached)" if cached else ""))

@@ -178,12 +178,14 @@ def _describe_refs(ws: Workspace, parameters: dict[str, Any], result: Any) -> tu
 
 
 @task(**_common("reference-logps", refs_cache_key, _describe_refs))
-def reference_logps_task(workspace: str, dataset_id: str, model_path: str) -> dict[str, Any]:
-    """Store the reference model's log-probs in a new dataset version."""
+def reference_logps_task(
+    workspace: str, dataset_id: str, model_path: str, dtype: str = "float32"
+) -> dict[str, Any]:
+    """Store the reference model's log-probs, computed in precision `dtype`, in a new dataset version."""
     from dpop.refs import compute_reference_logps
 
     ws = Workspace.open(workspace)
-    new_id = compute_reference_logps(ws, dataset_id, model_path, progress=False)
+    new_id = compute_reference_logps(ws, dataset_id, model_path, progress=False, dtype=dtype)
     return {"dataset_id": new_id, "dataset_dir": str(ws.dataset_dir(new_id))}
 
 

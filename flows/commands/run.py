@@ -307,10 +307,11 @@ def _train(
         }
     if flow_options["task_runner"] != "default" or flow_options["warm_start"]:
         raise ValueError("--task-runner and --warm-start need the Prefect engine (--engine prefect)")
+    from dpop.model_io import precision_for_training
     from dpop.refs import compute_reference_logps
     from dpop.train import train
 
-    refs_id = compute_reference_logps(ws, dataset_id, reference)
+    refs_id = compute_reference_logps(ws, dataset_id, reference, dtype=precision_for_training(train_config))
     trained = train(ws, refs_id, reference, train_config)
     return {
         "run_id": trained.run_id,
