@@ -80,6 +80,9 @@ def test_errors_are_one_line(workspace, tiny_model_dir, tmp_path):
     with pa.OSFile(str(shard), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     from dpop.model_io import tokenizer_sha256
+    from pipeline.identity import file_sha256
+
+    sha = file_sha256(shard)  # the shard is whole: what fails is its columns
 
     write_manifest(
         folder,
@@ -89,7 +92,7 @@ def test_errors_are_one_line(workspace, tiny_model_dir, tmp_path):
             "splits": {
                 "train": {
                     "rows": 1,
-                    "shards": [{"file": shard.name, "rows": 1, "bytes": shard.stat().st_size, "sha256": ""}],
+                    "shards": [{"file": shard.name, "rows": 1, "bytes": shard.stat().st_size, "sha256": sha}],
                 }
             },
         },
