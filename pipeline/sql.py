@@ -42,6 +42,7 @@ extension directories) points into that private folder, so neither the settings 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import json
 import os
@@ -843,7 +844,8 @@ def _run(connection: duckdb.DuckDBPyConnection, sql: str, timeout: float | None)
 
     def stop() -> None:
         stopped.set()  # before interrupting: the query thread checks it as soon as it is interrupted
-        connection.interrupt()
+        with contextlib.suppress(duckdb.Error):  # the query may have ended (and closed) just now
+            connection.interrupt()
 
     timer = threading.Timer(timeout, stop) if timeout else None
     try:
