@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import socket
 
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
 from flows.commands.serve import deployment
 
 
@@ -31,3 +35,49 @@ def test_deployment_registers_with_cron_schedule(prefect_server, tmp_path):
 def test_bad_cron_is_a_clear_error():
     with pytest.raises(ValueError, match="not a valid cron expression"):
         deployment("x", "every night", {})
+
+
+def _serve_args(tmp_path) -> list[str]:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "base").mkdir()
+    return [
+        "serve",
+        "--cron",
+        "0 3 * * *",
+        "-s",
+        str(tmp_path / "data"),
+        "--base-model",
+        str(tmp_path / "base"),
+    ]
+
+
+def test_serve_without_a_server_is_a_clear_error(tmp_path):
+    """Prefect's fallback, a temporary in-process server, runs no scheduler: the schedule would never fire."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        result = CliRunner().invoke(app, [*_serve_args(tmp_path), "-w", str(tmp_path / "ws")])
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        "error: PREFECT_API_URL is not set: schedules need a running Prefect server"
+    )
+
+
+def test_serve_with_a_server_down_is_a_clear_error(tmp_path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        result = CliRunner().invoke(app, [*_serve_args(tmp_path), "-w", str(tmp_path / "ws")])
+    assert result.exit_code == 1
+    assert f"error: cannot reach the Prefect server at {url}" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_serve_names_a_missing_path(tmp_path):
+    args = _serve_args(tmp_path)
+    args[args.index("--base-model") + 1] = str(tmp_path / "missing")
+    result = CliRunner().invoke(app, [*args, "-w", str(tmp_path / "ws")])
+    assert result.exit_code == 1 and f"base_model: {tmp_path / 'missing'} not found" in result.output
