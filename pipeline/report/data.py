@@ -16,6 +16,7 @@ import polars as pl
 import pyarrow.compute as pc
 
 from pipeline.catalog import Catalog
+from pipeline.funnel import read_funnel
 from pipeline.shards import ShardError, load_manifest, open_split
 from pipeline.workspace import Workspace
 
@@ -54,28 +55,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def normalise_funnel(funnel: Any) -> list[dict[str, Any]]:
-    """The manifest funnel as dicts {step, rows_in, dropped, reason}; lists or dicts both accepted."""
-    rows = []
-    for entry in funnel or []:
-        if isinstance(entry, dict):
-            rows.append(
-                {
-                    "step": str(entry.get("step", entry.get("name", "?"))),
-                    "rows_in": int(entry.get("rows_in", 0) or 0),
-                    "dropped": int(entry.get("dropped", 0) or 0),
-                    "reason": entry.get("reason") or "",
-                }
-            )
-        elif isinstance(entry, list | tuple) and len(entry) >= 3:
-            rows.append(
-                {
-                    "step": str(entry[0]),
-                    "rows_in": int(entry[1]),
-                    "dropped": int(entry[2]),
-                    "reason": (entry[3] if len(entry) > 3 else "") or "",
-                }
-            )
-    return rows
+    """The manifest funnel as dicts {step, rows_in, dropped, reason} (read by `pipeline.funnel`)."""
+    return [step.as_dict() for step in read_funnel(funnel)]
 
 
 def _run_dataset_id(ws: Workspace, run_id: str, run: dict[str, Any]) -> str | None:
@@ -192,7 +173,11 @@ def gather(ws: Workspace, run_id: str) -> ReportData:
             pairs = pl.read_parquet(pairs_path)
         ingested = _ingested_pairs(ws, pairs_manifest, tokenized)
         lengths, reference = _token_lengths(ws, dataset_id)
-        funnel = normalise_funnel(manifest.get("funnel") or pairs_manifest.get("funnel"))
+        try:
+            funnel = normalise_funnel(manifest.get("funnel") or pairs_manifest.get("funnel"))
+        except ValueError as error:
+            notes.append(f"the funnel of {dataset_id} is unreadable: {error}")
+            funnel = []
     else:
         notes.append("the run names no dataset version (run.json or catalog)")
         funnel = []
