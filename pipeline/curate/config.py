@@ -1,90 +1,151 @@
 """The curation config: a YAML file (see examples/curate.yaml and docs/curation.md) read into frozen
-dataclasses. Validation is strict: an unknown key or a value of the wrong type or range fails with a
-message naming the key's full path (e.g. `filters.edit_ratio.max`), before any data is read."""
+dataclasses by the one config loader (`pipeline.config`). Validation is strict and happens before any
+data is read: an unknown key, a value of the wrong type or out of its range fails with one line naming
+the file, the key's full path (e.g. `filters.edit_ratio.max`) and what is allowed."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pipeline.config import ConfigError, load, read_yaml, setting, validate_fields
+
+__all__ = ["ConfigError", "CurationConfig", "load_curation_config"]
+
+BIG = 10**9  # upper bound of counts and character lengths: far above any real pair, far below overflow
+MAX_TOKENS = 1 << 20  # upper bound of token lengths (1M tokens: above every model's context)
 
 
-class ConfigError(ValueError):
-    """The curation config is invalid; the message names the key."""
+class _Checked:
+    """Validate every field's Spec when built in Python too (the loader checks YAML values itself)."""
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
 
 
 @dataclass(frozen=True)
-class Bounds:
-    """Inclusive bounds; `null` means unbounded on that side."""
+class Bounds(_Checked):
+    """Inclusive bounds; `null` means unbounded on that side. The subclasses give each its range."""
 
     min: float | None = None
     max: float | None = None
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ConfigError(f"({self.min:g}) is above its max ({self.max:g})", key="min")
+
 
 @dataclass(frozen=True)
-class MaxChars:
-    prompt: int | None = None
-    response: int | None = None
+class EditDistanceBounds(Bounds):
+    min: float | None = setting(None, ge=0, le=BIG, help="fewest character edits kept")
+    max: float | None = setting(None, ge=0, le=BIG, help="most character edits kept")
 
 
 @dataclass(frozen=True)
-class UserFilter:
+class RatioBounds(Bounds):
+    min: float | None = setting(None, ge=0, le=1, help="lowest edit ratio kept")
+    max: float | None = setting(None, ge=0, le=1, help="highest edit ratio kept")
+
+
+@dataclass(frozen=True)
+class MarginBounds(Bounds):
+    min: float | None = setting(None, ge=-BIG, le=BIG, help="lowest chosen - rejected score kept")
+    max: float | None = setting(None, ge=-BIG, le=BIG, help="highest chosen - rejected score kept")
+
+
+@dataclass(frozen=True)
+class MaxChars(_Checked):
+    prompt: int | None = setting(None, ge=1, le=BIG)
+    response: int | None = setting(None, ge=1, le=BIG)
+
+
+@dataclass(frozen=True)
+class UserFilter(_Checked):
     """A DuckDB SQL predicate over the pair columns; exactly one of `drop_where` / `keep_where`."""
 
-    name: str
-    drop_where: str | None = None
-    keep_where: str | None = None
+    name: str = setting(nonempty=True)
+    drop_where: str | None = setting(None, nonempty=True)
+    keep_where: str | None = setting(None, nonempty=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.drop_where is None) == (self.keep_where is None):
+            raise ConfigError(f"filter {self.name!r} needs exactly one of drop_where / keep_where")
 
 
 @dataclass(frozen=True)
-class Decontaminate:
+class Decontaminate(_Checked):
     """Drop pairs sharing a word n-gram with an evaluation file (JSONL, e.g. GSM8K's test.jsonl)."""
 
-    file: str
-    fields: tuple[str, ...] = ("question", "answer")
-    n: int = 13
-    check: tuple[str, ...] = ("prompt", "chosen", "rejected")
+    file: str = setting(nonempty=True)
+    fields: tuple[str, ...] = setting(("question", "answer"), nonempty=True)
+    n: int = setting(13, ge=1, le=1000, help="n-gram length in words (GPT-3 used 13)")
+    check: tuple[str, ...] = setting(
+        ("prompt", "chosen", "rejected"), choices=("prompt", "chosen", "rejected")
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.fields:
+            raise ConfigError("must name at least one field of the eval records", key="fields")
+        if not self.check:
+            raise ConfigError("must name at least one of prompt, chosen, rejected", key="check")
 
 
 @dataclass(frozen=True)
-class Filters:
+class Filters(_Checked):
     empty_response: bool = True
     identical_responses: bool = True
     max_chars: MaxChars = field(default_factory=MaxChars)
-    length_ratio: float | None = None
-    edit_distance: Bounds = field(default_factory=Bounds)
-    edit_ratio: Bounds = field(default_factory=Bounds)
-    score_margin: Bounds = field(default_factory=Bounds)
+    length_ratio: float | None = setting(None, ge=1, le=1e6, help="longer / shorter response, in chars")
+    edit_distance: EditDistanceBounds = field(default_factory=EditDistanceBounds)
+    edit_ratio: RatioBounds = field(default_factory=RatioBounds)
+    score_margin: MarginBounds = field(default_factory=MarginBounds)
     duplicate_pair: bool = True
-    max_pairs_per_prompt: int | None = None
+    max_pairs_per_prompt: int | None = setting(None, ge=1, le=BIG)
     decontaminate: Decontaminate | None = None
     user: tuple[UserFilter, ...] = ()
 
-
-@dataclass(frozen=True)
-class Split:
-    eval_fraction: float = 0.05
-
-
-@dataclass(frozen=True)
-class Tokenize:
-    max_length: int = 1024
-    max_prompt_length: int = 512
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        seen = set()
+        for index, user in enumerate(self.user):
+            if user.name in seen:
+                raise ConfigError(f"({user.name!r}) is used twice", key=f"user[{index}].name")
+            seen.add(user.name)
 
 
 @dataclass(frozen=True)
-class Shards:
-    rows_per_shard: int = 50_000
+class Split(_Checked):
+    eval_fraction: float = setting(0.05, ge=0, lt=1, help="share of prompts that go to eval")
 
 
 @dataclass(frozen=True)
-class CurationConfig:
+class Tokenize(_Checked):
+    max_length: int = setting(1024, ge=2, le=MAX_TOKENS, help="prompt + response tokens")
+    max_prompt_length: int = setting(512, ge=1, le=MAX_TOKENS - 1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_prompt_length >= self.max_length:
+            raise ConfigError(
+                f"({self.max_prompt_length}) must be below max_length ({self.max_length}): "
+                "a response needs room after the prompt",
+                key="max_prompt_length",
+            )
+
+
+@dataclass(frozen=True)
+class Shards(_Checked):
+    rows_per_shard: int = setting(50_000, ge=1, le=10**8)
+
+
+@dataclass(frozen=True)
+class CurationConfig(_Checked):
     filters: Filters = field(default_factory=Filters)
     split: Split = field(default_factory=Split)
     tokenize: Tokenize = field(default_factory=Tokenize)
@@ -96,144 +157,31 @@ class CurationConfig:
 
 def load_curation_config(
     source: str | os.PathLike[str] | dict[str, Any] | CurationConfig | None,
+    base: str | os.PathLike[str] | None = None,
+    label: str = "curation config",
 ) -> CurationConfig:
     """Read and validate a curation config from a YAML path, a dict, or return a config as is.
 
-    A relative `filters.decontaminate.file` is resolved against the YAML file's folder."""
+    A relative `filters.decontaminate.file` is resolved against the YAML file's folder (a dict's:
+    `base`, default the working directory). `label` names a dict's origin in messages."""
     if isinstance(source, CurationConfig):
         return source
-    base = Path.cwd()
+    folder = Path(base) if base is not None else Path.cwd()
     if source is None:
-        data: Any = {}
-    elif isinstance(source, dict):
-        data = source
+        config = CurationConfig()
     elif isinstance(source, str | os.PathLike):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"curation config {path} not found")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"curation config {path} is not valid YAML: {error}") from error
-        base = path.resolve().parent
+        config = load(CurationConfig, read_yaml(source, "curation config"), source=str(source))
+        folder = Path(source).resolve().parent
     else:
-        data = source  # reported below as "must be a mapping"
-    config = _build(CurationConfig, data, "")
-    _check_ranges(config)
+        config = load(CurationConfig, source, source=label)  # a non-mapping is refused there
+    return resolve_eval_file(config, folder)
+
+
+def resolve_eval_file(config: CurationConfig, folder: str | os.PathLike[str]) -> CurationConfig:
+    """`filters.decontaminate.file`, when relative, read from `folder` (the config file's)."""
+    folder = Path(folder)
     decontaminate = config.filters.decontaminate
-    if decontaminate is not None and not Path(decontaminate.file).is_absolute():
-        resolved = dataclasses.replace(decontaminate, file=str((base / decontaminate.file).resolve()))
-        config = dataclasses.replace(
-            config, filters=dataclasses.replace(config.filters, decontaminate=resolved)
-        )
-    return config
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"curation config: {where or 'the top level'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            raise ConfigError(
-                f"curation config: unknown key {where + str(key)!r} (allowed: {', '.join(names)})"
-            )
-    values = {}
-    for name in names:
-        if name in data:
-            values[name] = _convert(hints[name], data[name], f"{where}{name}")
-    required = [
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    for name in required:
-        if name not in data:
-            raise ConfigError(f"curation config: missing key {where + name!r}")
-    return cls(**values)
-
-
-def _convert(hint: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, key)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key + ".")
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"curation config: {key!r} must be a list, got {value!r}")
-        return tuple(_convert(args[0], item, f"{key}[{index}]") for index, item in enumerate(value))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"curation config: {key!r} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"curation config: {key!r} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"curation config: {key!r} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"curation config: {key!r} must be a non-empty string, got {value!r}")
-        return value
-    raise ConfigError(f"curation config: {key!r} has an unsupported type {hint}")  # pragma: no cover
-
-
-def _check_ranges(config: CurationConfig) -> None:
-    filters = config.filters
-
-    def positive(key: str, value: float | None) -> None:
-        if value is not None and value <= 0:
-            raise ConfigError(f"curation config: {key!r} must be positive, got {value!r}")
-
-    positive("filters.max_chars.prompt", filters.max_chars.prompt)
-    positive("filters.max_chars.response", filters.max_chars.response)
-    positive("filters.max_pairs_per_prompt", filters.max_pairs_per_prompt)
-    if filters.length_ratio is not None and filters.length_ratio < 1:
-        raise ConfigError(
-            f"curation config: 'filters.length_ratio' must be >= 1, got {filters.length_ratio!r}"
-        )
-    for name in ("edit_distance", "edit_ratio", "score_margin"):
-        bounds = getattr(filters, name)
-        if bounds.min is not None and bounds.max is not None and bounds.min > bounds.max:
-            raise ConfigError(
-                f"curation config: 'filters.{name}.min' ({bounds.min}) is above its max ({bounds.max})"
-            )
-    if filters.decontaminate is not None:
-        positive("filters.decontaminate.n", filters.decontaminate.n)
-        bad = [c for c in filters.decontaminate.check if c not in ("prompt", "chosen", "rejected")]
-        if bad:
-            raise ConfigError(
-                f"curation config: 'filters.decontaminate.check' has {bad}; use prompt/chosen/rejected"
-            )
-        if not filters.decontaminate.fields:
-            raise ConfigError("curation config: 'filters.decontaminate.fields' must name at least one field")
-    seen = set()
-    for index, user in enumerate(filters.user):
-        if (user.drop_where is None) == (user.keep_where is None):
-            raise ConfigError(
-                f"curation config: 'filters.user[{index}]' ({user.name}) needs exactly one of drop_where / keep_where"
-            )
-        if user.name in seen:
-            raise ConfigError(f"curation config: 'filters.user[{index}].name' {user.name!r} is used twice")
-        seen.add(user.name)
-    if not 0 <= config.split.eval_fraction < 1:
-        raise ConfigError(
-            f"curation config: 'split.eval_fraction' must be in [0, 1), got {config.split.eval_fraction}"
-        )
-    positive("tokenize.max_length", config.tokenize.max_length)
-    positive("tokenize.max_prompt_length", config.tokenize.max_prompt_length)
-    if config.tokenize.max_prompt_length >= config.tokenize.max_length:
-        raise ConfigError(
-            "curation config: 'tokenize.max_prompt_length' must be below 'tokenize.max_length' "
-            "(a response needs room after the prompt)"
-        )
-    positive("shards.rows_per_shard", config.shards.rows_per_shard)
+    if decontaminate is None or Path(decontaminate.file).is_absolute():
+        return config
+    resolved = dataclasses.replace(decontaminate, file=str((folder / decontaminate.file).resolve()))
+    return dataclasses.replace(config, filters=dataclasses.replace(config.filters, decontaminate=resolved))
