@@ -15,13 +15,12 @@ import dataclasses
 import json
 import os
 import shutil
-import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dpop.config import TrainConfig
+from dpop.config import TrainConfig, has_accelerator
 from dpop.data import ShardDataset
 from dpop.model_io import (
     check_tokenizer,
@@ -61,12 +60,11 @@ def train(
 ) -> TrainResult:
     """Train `model_path` on `dataset_id` with `config`; `resume=True` continues run `run_id` from its
     last checkpoint (same data order, optimizer, scheduler and RNG state)."""
-    import torch
     from accelerate import PartialState
     from transformers import AutoTokenizer
 
     from dpop.logps import PairCollator
-    from dpop.trainer import DPOPTrainer, MetricsFileCallback
+    from dpop.trainer import DPOPTrainer
 
     config = config or TrainConfig()
     ws = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
@@ -84,7 +82,7 @@ def train(
 
     # accelerate picks gloo/MULTI_CPU only when told it runs on CPU; it is a process-wide singleton, so
     # the first PartialState decides for the Trainer's Accelerator too.
-    on_cpu = not _has_accelerator()
+    on_cpu = config.use_cpu or not has_accelerator()
     state = PartialState(cpu=on_cpu)
     run_id = _resolve_run_id(ws, dataset_id, model_path, config, run_id, resume, state)
     run_dir = ws.run_dir(run_id)
@@ -96,31 +94,18 @@ def train(
     state.wait_for_everyone()
 
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
-    dtype = getattr(torch, config.model_dtype)
-    model = load_causal_lm(model_path, dtype=dtype, trust_remote_code=config.trust_remote_code)
-    ref_model = None
-    if config.uses_lora:
-        model = _add_lora(model, config)
-    elif not stored_refs:
-        # Full fine-tuning without stored reference log-probs: the only case that holds two models.
-        ref_model = load_causal_lm(model_path, dtype=dtype, trust_remote_code=config.trust_remote_code)
+    model, ref_model = _load_models(model_path, config, stored_refs)
 
-    metrics_callback = MetricsFileCallback(run_dir / METRICS_FILE)
-    if state.is_main_process:
-        if checkpoint is not None:
-            metrics_callback.truncate_after(int(checkpoint.name.split("-")[-1]))
-        elif (run_dir / METRICS_FILE).exists():
-            (run_dir / METRICS_FILE).unlink()
+    metrics_callback = _metrics_callback(run_dir, checkpoint, state)
 
     trainer = DPOPTrainer(
         model=model,
-        args=_training_arguments(config, run_dir, has_eval=eval_set is not None, on_cpu=on_cpu),
+        args=_run_arguments(config, run_dir, on_cpu=on_cpu, has_eval=eval_set is not None),
         train_dataset=train_set,
         eval_dataset=eval_set,
         data_collator=PairCollator(pad_token_id=_pad_token_id(tokenizer)),
         processing_class=tokenizer,
         callbacks=[metrics_callback],
-        train_config=config,
         ref_model=ref_model,
     )
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -183,7 +168,7 @@ def _resolve_run_id(
         raise ValueError("resume needs the run id of the run to continue (--run-id)")
     if run_id is None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        run_id = f"run-{stamp}-{stable_hash([dataset_id, str(model_path), config.as_dict()], 8)}"
+        run_id = f"run-{stamp}-{stable_hash([dataset_id, str(model_path), config.identity()], 8)}"
         holder = [run_id]
         if state.num_processes > 1:
             broadcast_object_list(holder, from_process=0)  # every rank must write to the same folder
@@ -204,71 +189,60 @@ def _add_lora(model: Any, config: TrainConfig) -> Any:
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, lora)
-    if config.gradient_checkpointing:
+    if config.activation_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need grad inputs
     return model
 
 
-def _has_accelerator() -> bool:
+def _metrics_callback(run_dir: Path, checkpoint: Path | None, state: Any) -> Any:
+    """metrics.jsonl's writer: on resume, events after the checkpoint are dropped (they are replayed);
+    a fresh run starts an empty file."""
+    from dpop.trainer import MetricsFileCallback
+
+    callback = MetricsFileCallback(run_dir / METRICS_FILE)
+    if state.is_main_process:
+        if checkpoint is not None:
+            callback.truncate_after(int(checkpoint.name.split("-")[-1]))
+        elif (run_dir / METRICS_FILE).exists():
+            (run_dir / METRICS_FILE).unlink()
+    return callback
+
+
+def _load_models(model_path: Path, config: TrainConfig, stored_refs: bool) -> tuple[Any, Any]:
+    """The policy (with its LoRA adapter when lora_r > 0) and, for full fine-tuning without stored
+    reference log-probs, a frozen reference copy: the only case that holds two models."""
     import torch
 
-    if hasattr(torch, "accelerator"):
-        return torch.accelerator.is_available()
-    return torch.cuda.is_available()
+    dtype = getattr(torch, config.model_dtype)
+    model = load_causal_lm(model_path, dtype=dtype, trust_remote_code=config.trust_remote_code)
+    if config.uses_lora:
+        return _add_lora(model, config), None
+    if stored_refs:
+        return model, None
+    return model, load_causal_lm(model_path, dtype=dtype, trust_remote_code=config.trust_remote_code)
 
 
-def _training_arguments(config: TrainConfig, run_dir: Path, has_eval: bool, on_cpu: bool) -> Any:
-    import torch
-    from transformers import TrainingArguments
-
-    bf16, fp16 = config.bf16, config.fp16
-    if on_cpu:
-        if fp16:
-            warnings.warn("fp16 needs a GPU; training in float32 on CPU", stacklevel=3)
-            fp16 = False
-        if bf16 and not torch.backends.mkldnn.is_available():
-            warnings.warn("bf16 is not supported on this CPU; training in float32", stacklevel=3)
-            bf16 = False
-    elif bf16 and not torch.cuda.is_bf16_supported():
-        warnings.warn("this GPU does not support bf16; training in float32", stacklevel=3)
-        bf16 = False
-    # transformers 5 renamed gradient_checkpointing to activation_checkpointing (old name deprecated)
-    fields = {field.name for field in dataclasses.fields(TrainingArguments)}
-    checkpointing = (
-        "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
-    )
-    eval_strategy = "steps" if has_eval and config.eval_steps else "no"
-    return TrainingArguments(
+def _run_arguments(config: TrainConfig, run_dir: Path, on_cpu: bool, has_eval: bool) -> TrainConfig:
+    """The config is the Trainer's TrainingArguments: only what this run decides is filled in (every
+    other field, dpop's defaults such as remove_unused_columns=False included, goes as it is)."""
+    return dataclasses.replace(
+        config,
         output_dir=str(run_dir),
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        per_device_eval_batch_size=config.per_device_eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        optim=config.optim,
-        seed=config.seed,
-        data_seed=config.data_seed if config.data_seed is not None else config.seed,
-        bf16=bf16,
-        fp16=fp16,
-        logging_steps=config.logging_steps,
-        eval_strategy=eval_strategy,
-        eval_steps=config.eval_steps if eval_strategy == "steps" else None,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        report_to=config.report_to or "none",
-        disable_tqdm=config.disable_tqdm,
         use_cpu=on_cpu,
-        remove_unused_columns=False,  # our collator reads dpop_shard columns the model does not take
-        dataloader_num_workers=config.dataloader_num_workers,
-        **{checkpointing: config.gradient_checkpointing},
-        **config.training_args,
+        data_seed=config.seed if config.data_seed is None else config.data_seed,
+        eval_strategy=_eval_strategy(config, has_eval),
     )
+
+
+def _eval_strategy(config: TrainConfig, has_eval: bool) -> str:
+    """No eval split: no evaluation. Otherwise the file's eval_strategy, or "steps" when only
+    eval_steps is set (the end-of-training evaluation in train() happens either way)."""
+    if not has_eval:
+        return "no"
+    chosen = getattr(config.eval_strategy, "value", config.eval_strategy)
+    if chosen != "no":
+        return chosen
+    return "steps" if config.eval_steps else "no"
 
 
 def _pad_token_id(tokenizer: Any) -> int:

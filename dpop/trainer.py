@@ -49,9 +49,18 @@ class DPOPTrainer(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(
-        self, *args: Any, train_config: TrainConfig, ref_model: torch.nn.Module | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        ref_model: torch.nn.Module | None = None,
+        train_config: TrainConfig | None = None,
+        **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        # `args` is a TrainConfig (a TrainingArguments with the loss settings); `train_config` is only
+        # for callers that pass plain TrainingArguments.
+        train_config = train_config or self.args
+        if not isinstance(train_config, TrainConfig):
+            raise TypeError("DPOPTrainer needs args=TrainConfig(...) (or train_config=TrainConfig(...))")
         self.train_config = train_config
         self.loss_fn = LOSSES[train_config.loss]
         self.loss_kwargs = train_config.loss_kwargs()

@@ -20,14 +20,19 @@ def train(
     ] = ...,
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="TrainConfig YAML (see examples/train.yaml); flags override it."),
+        typer.Option(
+            "--config",
+            "-c",
+            help="TrainConfig YAML: dpop's keys and any TrainingArguments field (examples/train.yaml); flags override it.",
+        ),
     ] = None,
     loss: Annotated[str | None, typer.Option("--loss", help="dpop | dpo | ipo | robust | hinge.")] = None,
     beta: Annotated[
         float | None, typer.Option("--beta", help="β: strength of the KL anchor to the reference.")
     ] = None,
     penalty_lambda: Annotated[
-        float | None, typer.Option("--lambda", help="DPOP's λ (penalty inside the sigmoid); 0 gives DPO.")
+        float | None,
+        typer.Option("--penalty-lambda", help="DPOP's λ (penalty inside the sigmoid); 0 gives DPO."),
     ] = None,
     lora_r: Annotated[int | None, typer.Option("--lora-r", help="LoRA rank; 0 = full fine-tuning.")] = None,
     learning_rate: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,

@@ -53,7 +53,7 @@ def test_tiny_refs_train(workspace, tiny_model_dir, tmp_path):
     )
     result = invoke(
         "train", "-w", workspace.root, "--dataset", ref_id, "--model", tiny_model_dir,
-        "--config", yaml_path, "--max-steps", 2, "--lambda", 5, "--run-id", "cli-run",
+        "--config", yaml_path, "--max-steps", 2, "--penalty-lambda", 5, "--run-id", "cli-run",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1] == "cli-run"
