@@ -1,19 +1,21 @@
 """`dpop.yaml`: one file configuring `dpop run` (data, tiny model, SFT warm-up, curation, training).
 
 The commented default below is both what `dpop init` writes and the defaults `dpop run` uses, so the
-two never drift apart. Each section is validated by its own stage's loader (curation by
-`pipeline.curate.config`, training by `dpop.config.TrainConfig`), whose errors name the key.
+two never drift apart. The file is read by the one config loader (`pipeline.config`) into `RunConfig`,
+whose sections are the stages' own configs (`CurationConfig`, `TrainConfig`, `SFTSettings`), so a bad
+key anywhere names its full path: `dpop.yaml: config key 'curation.tokenize.max_length' must be …`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pipeline.config import ConfigError, load, parse_yaml, read_yaml, setting, validate_fields
 
 DEFAULT_CONFIG_YAML = """\
 # dpop.yaml: configuration of `dpop run` (written by `dpop init`; every key is optional).
@@ -60,8 +62,8 @@ curation:
   shards:
     rows_per_shard: 50000
 
-# Preference training (dpop.config.TrainConfig; any transformers.TrainingArguments field can go
-# under training_args). loss: dpop | dpo | ipo | robust | hinge; penalty_lambda 0 makes DPOP plain DPO.
+# Preference training (dpop.config.TrainConfig, a transformers.TrainingArguments: any of its fields is
+# a key here too). loss: dpop | dpo | ipo | robust | hinge; penalty_lambda 0 makes DPOP plain DPO.
 training:
   loss: dpop
   beta: 0.1
@@ -80,6 +82,31 @@ training:
 """
 
 SECTIONS = ("seed", "synth", "tiny_model", "sft", "curation", "training")
+
+
+@dataclass(frozen=True)
+class Synth:
+    n: int = setting(600, ge=1, le=10_000_000, help="synthetic pairs when no --input is given")
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    vocab_size: int = setting(
+        768, ge=261, le=1_000_000, help="BPE vocabulary (256 bytes + 5 specials at least)"
+    )
+    layers: int = setting(2, ge=1, le=64)
+    hidden_size: int = setting(128, ge=8, le=16_384)
+    heads: int = setting(4, ge=1, le=256)
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+        if self.hidden_size % self.heads:
+            raise ConfigError(
+                f"({self.hidden_size}) is not a multiple of heads ({self.heads})", key="hidden_size"
+            )
 
 
 @dataclass(frozen=True)
@@ -104,6 +131,30 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+@functools.cache
+def run_config_class() -> type:
+    """`RunConfig`: the whole file as one dataclass for the loader. Built on first use, because its
+    `training` section (TrainConfig) imports transformers, which `dpop init` does not need."""
+    from dpop.config import TrainConfig
+    from dpop.sft import SFTSettings
+    from pipeline.curate.config import CurationConfig
+
+    run_config = dataclasses.make_dataclass(
+        "RunConfig",
+        [
+            ("seed", int, setting(0, ge=0, le=2**32 - 1, help="data, tiny model, SFT and training seed")),
+            ("synth", Synth, field(default_factory=Synth)),
+            ("tiny_model", TinyModel, field(default_factory=TinyModel)),
+            ("sft", SFTSettings, field(default_factory=SFTSettings)),
+            ("curation", CurationConfig, field(default_factory=CurationConfig)),
+            ("training", TrainConfig, field(default_factory=TrainConfig)),
+        ],
+        frozen=True,
+    )
+    run_config.__module__ = __name__
+    return run_config
+
+
 def load_run_config(
     path: str | os.PathLike[str] | None = None,
     n: int | None = None,
@@ -111,59 +162,50 @@ def load_run_config(
     sft_steps: int | None = None,
     seed: int | None = None,
 ) -> RunSettings:
-    """Defaults, then the file at `path` (section by section), then the command-line overrides."""
-    from dpop.config import TrainConfig
-    from dpop.sft import SFTConfig
-    from pipeline.curate.config import load_curation_config
+    """Defaults, then the file at `path` (key by key), then the command-line overrides. The file is
+    validated first (errors name it and the key's path), then again with the flags applied."""
+    from pipeline.curate.config import resolve_eval_file
 
-    values = yaml.safe_load(DEFAULT_CONFIG_YAML)
-    sft_explicit = sft_steps is not None
+    values = parse_yaml(DEFAULT_CONFIG_YAML, "dpop.yaml defaults")
+    source, folder, user = "dpop.yaml defaults", Path.cwd(), {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist (write one with `dpop init`)")
-        try:
-            user = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path}: not valid YAML ({error})") from None
+        user = read_yaml(path)
         if not isinstance(user, dict):
-            raise ValueError(f"{path}: expected a mapping with sections {', '.join(SECTIONS)}")
-        unknown = sorted(set(user) - set(SECTIONS))
-        if unknown:
-            raise ValueError(f"{path}: unknown section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
-        # Sections merge key by key: a user file may hold only the keys it changes.
-        values = _merge(values, user)
-        sft_explicit = sft_explicit or "steps" in (user.get("sft") or {})
+            raise ConfigError(f"expected a mapping with sections {', '.join(SECTIONS)}", source=str(path))
+        # Sections merge key by key: a file holds only the keys it changes (an empty section: none).
+        values = _merge(values, {key: value for key, value in user.items() if value is not None})
+        source, folder = str(path), path.resolve().parent
+    config = load(run_config_class(), values, source=source)
+    if any(flag is not None for flag in (n, steps, sft_steps, seed)):
+        _apply_flags(values, n=n, steps=steps, sft_steps=sft_steps, seed=seed)
+        config = load(run_config_class(), values, source=f"{source} with the command-line flags")
+    user_sft = user.get("sft")
+    return RunSettings(
+        seed=config.seed,
+        synth_n=config.synth.n,
+        tiny_model=dataclasses.asdict(config.tiny_model),
+        sft={**dataclasses.asdict(config.sft), "seed": config.seed},
+        curation=resolve_eval_file(config.curation, folder),
+        training=config.training.as_dict(),
+        sft_explicit=sft_steps is not None or (isinstance(user_sft, dict) and "steps" in user_sft),
+    )
+
+
+def _apply_flags(values: dict[str, Any], n: Any, steps: Any, sft_steps: Any, seed: Any) -> None:
+    """Command-line flags over the document, which has passed validation (its sections are mappings)."""
     if seed is not None:
         values["seed"] = seed
         values["training"]["seed"] = seed
     if n is not None:
         values["synth"]["n"] = n
     if steps is not None:
-        values["training"]["max_steps"] = steps
-        # A short run still logs and evaluates a few times.
         training = values["training"]
+        training["max_steps"] = steps
+        # A short run still logs and evaluates a few times.
         training["eval_steps"] = max(1, min(training.get("eval_steps") or steps, steps // 2 or 1))
         training["logging_steps"] = max(1, min(training.get("logging_steps") or 1, steps // 2 or 1))
     if sft_steps is not None:
         values["sft"]["steps"] = sft_steps
-    sft_fields = {f.name for f in dataclasses.fields(SFTConfig)}
-    for key in values["sft"]:
-        if key not in sft_fields:
-            raise ValueError(f"config key 'sft.{key}': unknown (known: {', '.join(sorted(sft_fields))})")
-    tiny_keys = {"vocab_size", "layers", "hidden_size", "heads"}
-    for key in values["tiny_model"]:
-        if key not in tiny_keys:
-            raise ValueError(
-                f"config key 'tiny_model.{key}': unknown (known: {', '.join(sorted(tiny_keys))})"
-            )
-    TrainConfig.from_dict(values["training"], source="config section 'training'")  # fail before any work
-    return RunSettings(
-        seed=int(values["seed"]),
-        synth_n=int(values["synth"]["n"]),
-        tiny_model={k: int(v) for k, v in values["tiny_model"].items()},
-        sft={**values["sft"], "seed": int(values["seed"])},
-        curation=load_curation_config(values["curation"]),
-        training=values["training"],
-        sft_explicit=sft_explicit,
-    )

@@ -4,31 +4,39 @@ DPO and DPOP measure the policy against a reference, and the Smaug paper (like t
 from a model already fine-tuned on the preferred answers: a reference that gives the chosen answers a
 sensible likelihood, so a fall of `logps/chosen` below it means something. A freshly initialised tiny
 model has no such level, so the demo first runs a short causal-LM pass on (prompt, chosen) with the
-loss on response tokens only.
+loss on response tokens only (labels -100 on prompt and padding).
+
+The pass is a stock `transformers.Trainer` (its AdamW, its cosine-to-a-tenth schedule with linear
+warm-up, gradient clipping, device placement); `SFTConfig` holds the few settings the demo exposes,
+validated by the one config loader, and `SFTConfig.training_arguments()` turns them into
+TrainingArguments.
 
 The examples are token ids: from a dataset's train shards (`examples_from_shards`, what the trainer
 will see, eval split untouched) or from raw pairs tokenised with the chat template
 (`examples_from_pairs`, the same rule the tokenise stage uses). The result is a `save_pretrained`
-folder in `<ws>/models/<name>/`, cached: the same base model, examples and settings reuse it.
+folder in `<ws>/models/sft-<key>/`, cached: the key hashes the base model's files (not its path), the
+examples and the settings, so the same inputs in any workspace give the same key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from dpop.model_io import load_causal_lm, model_id
 from pipeline.atomic import atomic_dir
 from pipeline.catalog import Catalog
+from pipeline.config import setting, validate_fields
 from pipeline.identity import stable_hash
 from pipeline.shards import open_split
 from pipeline.workspace import Workspace
@@ -42,15 +50,57 @@ TOKENIZER_FILES = (
 )
 
 
+# The schedule and method are part of the cache key: a folder made another way is not reused.
+SFT_METHOD = "transformers.Trainer/adamw_torch/cosine_with_min_lr(0.1)/clip1.0"
+MAX_TOKENS = 1 << 20
+
+
 @dataclass(frozen=True)
-class SFTConfig:
-    steps: int = 80
-    learning_rate: float = 2e-3
-    batch_size: int = 16
-    max_length: int = 320  # prompt + response tokens; longer examples are cut from the right
-    warmup_steps: int = 5
-    weight_decay: float = 0.0
-    seed: int = 0
+class SFTSettings:
+    """The `sft:` section of dpop.yaml (its seed is the file's top-level `seed`)."""
+
+    steps: int = setting(80, ge=0, le=10**7, help="optimizer steps; 0: no warm-up")
+    learning_rate: float = setting(2e-3, gt=0, le=10, help="peak learning rate")
+    batch_size: int = setting(16, ge=1, le=65_536)
+    max_length: int = setting(320, ge=2, le=MAX_TOKENS, help="prompt + response tokens; longer ones cut")
+    warmup_steps: int = setting(5, ge=0, le=10**7, help="linear warm-up steps")
+    weight_decay: float = setting(0.0, ge=0, le=10)
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+@dataclass(frozen=True)
+class SFTConfig(SFTSettings):
+    seed: int = setting(0, ge=0, le=2**32 - 1)
+
+    def training_arguments(self, output_dir: str | os.PathLike[str]) -> Any:
+        """The Trainer's arguments: `steps` optimizer steps over reshuffled epochs, AdamW, linear
+        warm-up then cosine decay to a tenth of the peak (short runs still end gently), clipping at 1."""
+        from transformers import TrainingArguments
+
+        from dpop.config import has_accelerator
+
+        return TrainingArguments(
+            output_dir=str(output_dir),
+            max_steps=self.steps,
+            per_device_train_batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            warmup_steps=self.warmup_steps,
+            weight_decay=self.weight_decay,
+            lr_scheduler_type="cosine_with_min_lr",
+            lr_scheduler_kwargs={"min_lr_rate": 0.1},
+            optim="adamw_torch",
+            max_grad_norm=1.0,
+            seed=self.seed,
+            data_seed=self.seed,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            use_cpu=not has_accelerator(),
+            remove_unused_columns=False,  # the collator takes Example objects
+        )
 
 
 @dataclass(frozen=True)
@@ -128,14 +178,6 @@ def _batch(examples: Sequence[Example], max_length: int, pad_id: int) -> dict[st
     return {"input_ids": input_ids, "attention_mask": attention, "labels": label_tensor}
 
 
-def _learning_rate(step: int, config: SFTConfig) -> float:
-    """Linear warm-up then cosine decay to a tenth: short runs still end gently."""
-    if step < config.warmup_steps:
-        return config.learning_rate * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def warm_up(
     workspace: Workspace,
     base_model: str | os.PathLike[str],
@@ -156,40 +198,22 @@ def warm_up(
     base_model = Path(base_model)
     if not base_model.is_dir():
         raise FileNotFoundError(f"base model folder {base_model} does not exist")
-    base_id = model_id(base_model)
-    key = stable_hash({"base": base_id, "examples": _examples_sha256(examples), "config": asdict(config)})
+    base_id = model_id(base_model)  # a hash of the files: the key holds no path
+    key = stable_hash(
+        {
+            "base": base_id,
+            "examples": _examples_sha256(examples),
+            "config": asdict(config),
+            "method": SFT_METHOD,
+        }
+    )
     out = workspace.models_dir / (name or f"sft-{key}")
     record_path = out / SFT_RECORD
     if record_path.is_file() and json.loads(record_path.read_text()).get("key") == key:
         record = json.loads(record_path.read_text())
         return SFTResult(out, model_id(out), reused=True, losses=record.get("losses", []))
 
-    torch.manual_seed(config.seed)
-    model = load_causal_lm(base_model, dtype=torch.float32)  # safetensors only: never unpickles
-    model.train()
-    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    generator = torch.Generator().manual_seed(config.seed)
-    order: list[int] = []
-    losses = []
-    for step in range(config.steps):
-        if len(order) < config.batch_size:  # reshuffle each epoch
-            order += torch.randperm(len(examples), generator=generator).tolist()
-        indices, order = order[: config.batch_size], order[config.batch_size :]
-        batch = _batch([examples[i] for i in indices], config.max_length, pad_id)
-        for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, config)
-        loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(round(loss.item(), 6))
-        if on_step:
-            on_step(step + 1, config.steps, losses[-1])
-
+    model, losses = _train(base_model, examples, config, on_step)
     with atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp))
         for file_name in TOKENIZER_FILES:  # the folder loads as a model and a tokenizer, like a hub repo
@@ -197,14 +221,73 @@ def warm_up(
                 shutil.copy2(base_model / file_name, tmp / file_name)
         record = {
             "key": key,
-            "base_model": str(base_model),
+            "base_model": base_model.name,  # a name, not a path: the folder's bytes do not depend on where it ran
             "base_model_id": base_id,
             "config": asdict(config),
+            "method": SFT_METHOD,
             "examples": len(examples),
             "losses": losses,
         }
         (tmp / SFT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
     out_id = model_id(out)
+    _record(workspace, base_model, base_id, out, out_id, record, parents)
+    return SFTResult(out, out_id, reused=False, losses=losses)
+
+
+def _train(
+    base_model: Path,
+    examples: Sequence[Example],
+    config: SFTConfig,
+    on_step: Callable[[int, int, float], None] | None,
+) -> tuple[Any, list[float]]:
+    """The Trainer pass; returns the model (on CPU) and the loss of every step."""
+    from transformers import PrinterCallback, ProgressCallback, Trainer
+
+    torch.manual_seed(config.seed)
+    model = load_causal_lm(base_model, dtype=torch.float32)
+    if config.steps == 0:  # max_steps=0 would mean "one epoch" to the Trainer
+        return model, []
+    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    losses = _LossLog(config.steps, on_step)
+    with tempfile.TemporaryDirectory(prefix="dpop-sft-") as scratch:  # save_strategy "no": stays empty
+        trainer = Trainer(
+            model=model,
+            args=config.training_arguments(scratch),
+            train_dataset=list(examples),
+            data_collator=lambda rows: _batch(rows, config.max_length, pad_id),
+            callbacks=[losses],
+        )
+        for quiet in (PrinterCallback, ProgressCallback):  # progress goes through on_step
+            trainer.remove_callback(quiet)
+        trainer.train()
+    return trainer.model.to("cpu"), losses.losses
+
+
+class _LossLog(TrainerCallback):
+    """Collects each step's loss (logging_steps=1) and reports it to `on_step`."""
+
+    def __init__(self, total: int, on_step: Callable[[int, int, float], None] | None):
+        self.total = total
+        self.on_step = on_step
+        self.losses: list[float] = []
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if not logs or "loss" not in logs:
+            return
+        self.losses.append(round(float(logs["loss"]), 6))
+        if self.on_step:
+            self.on_step(state.global_step, self.total, self.losses[-1])
+
+
+def _record(
+    workspace: Workspace,
+    base_model: Path,
+    base_id: str,
+    out: Path,
+    out_id: str,
+    record: dict[str, Any],
+    parents: Mapping[str, str] | None,
+) -> None:
     catalog = Catalog(workspace)
     base_known = catalog.get(base_id) is not None
     with catalog.batch() as batch:
@@ -219,4 +302,3 @@ def warm_up(
             meta={"name": out.name, "made_by": "sft", "sft": record},
             parents={base_id: "sft_from", **(parents or {})},
         )
-    return SFTResult(out, out_id, reused=False, losses=losses)

@@ -88,3 +88,25 @@ def test_warm_up_learns_saves_and_is_reused(workspace, tiny_base: Path) -> None:
     catalog = Catalog(workspace)
     assert catalog.get(result.model_id).kind == "model"
     assert [relation for _, relation in catalog.parents(result.model_id)] == ["sft_from"]
+
+
+def test_same_inputs_in_two_workspaces_give_the_same_folder_and_model(
+    tmp_path: Path, tiny_base: Path
+) -> None:
+    """The key hashes the base model's files, not its path; sft.json holds no path either, so the
+    same warm-up in another workspace, from a copy of the base elsewhere, is the same model."""
+    import shutil
+
+    from pipeline.workspace import Workspace
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_base))
+    examples = examples_from_pairs([p.as_record() for p in generate_pairs(16, seed=3)], tokenizer)
+    config = SFTConfig(steps=2, batch_size=8)
+    results = []
+    for name in ("one", "two"):
+        base = Path(shutil.copytree(tiny_base, tmp_path / name / "base"))
+        results.append(warm_up(Workspace.open(tmp_path / name / "ws"), base, examples, config))
+    first, second = results
+    assert first.model_dir.name == second.model_dir.name and first.model_dir != second.model_dir
+    assert first.model_id == second.model_id and first.losses == second.losses
+    assert str(tmp_path) not in (first.model_dir / "sft.json").read_text()

@@ -37,3 +37,16 @@ def test_partial_config_and_flags_override_defaults(tmp_path: Path) -> None:
     assert settings.training["max_steps"] == 7 and settings.training["seed"] == 3
     assert settings.curation.split.eval_fraction == 0.2 and settings.curation.tokenize.max_length == 384
     assert settings.synth_n == 50 and settings.sft["steps"] == 0 and settings.sft["seed"] == 3
+
+
+def test_a_bad_key_deep_in_dpop_yaml_is_one_line_naming_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "dpop.yaml"
+    path.write_text("curation:\n  tokenize:\n    max_length: 1e18\n")
+    result = CliRunner().invoke(app, ["run", "--config", str(path), "-w", str(tmp_path / "ws")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {path}: config key 'curation.tokenize.max_length' must be int in [2, 1048576], got 1e+18"
+    ]
+    path.write_text("training:\n  lambda: 5\n")
+    result = CliRunner().invoke(app, ["run", "--config", str(path), "-w", str(tmp_path / "ws")])
+    assert "did you mean penalty_lambda?" in result.output and len(result.output.strip().splitlines()) == 1
