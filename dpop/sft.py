@@ -227,6 +227,7 @@ def warm_up(
             "method": SFT_METHOD,
             "examples": len(examples),
             "losses": losses,
+            "parents": dict(parents or {}),  # catalog edges (content ids): a catalog rebuild restores them
         }
         (tmp / SFT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
     out_id = model_id(out)
