@@ -108,8 +108,13 @@ class PrefectExecutor:
         return records
 
     def map(self, label: str, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        from prefect.futures import wait
+
         part_task = _task(label, _call)
         futures = [part_task.submit(fn, item) for item in items]
+        # Every part must have stopped before an error propagates: the runner then deletes the stage's
+        # temporary folder, which a still-running part would otherwise keep writing into.
+        wait(futures)
         return [future.result() for future in futures]
 
     @contextmanager
