@@ -728,9 +728,19 @@ def _catalog_tables(ws: Workspace) -> tuple[pa.Table, pa.Table]:
 _DERIVED_VIEWS = """
 CREATE VIEW artifacts AS SELECT id, kind, uri, rows, created_at, meta::JSON AS meta FROM _artifacts;
 CREATE VIEW sources AS
-    SELECT id AS source_sha256, uri AS source_uri, rows, created_at,
-           meta->>'format' AS format, meta->>'name' AS source_name, TRY_CAST(meta->>'size' AS BIGINT) AS size, meta
-    FROM artifacts WHERE kind = 'source_file';
+    -- a source file is an ingest stage's input (its path, its URI in meta); rows read and the format
+    -- are facts of its ingests' pairs (older catalogs hold them on the source itself)
+    SELECT s.id AS source_sha256, COALESCE(s.meta->>'uri', s.uri) AS source_uri,
+           COALESCE(s.rows, i.rows_read) AS rows, s.created_at,
+           COALESCE(s.meta->>'format', i.format) AS format, s.meta->>'name' AS source_name,
+           TRY_CAST(s.meta->>'size' AS BIGINT) AS size, s.meta
+    FROM artifacts s LEFT JOIN (
+        SELECT e.parent_id, max(TRY_CAST(p.meta->>'rows_read' AS BIGINT)) AS rows_read,
+               max(p.meta->>'format') AS format
+        FROM _edges e JOIN artifacts p ON p.id = e.child_id
+        WHERE e.relation = 'ingested_from' AND p.kind = 'pairs' GROUP BY e.parent_id
+    ) i ON i.parent_id = s.id
+    WHERE s.kind = 'source_file';
 CREATE VIEW lineage AS
     SELECT e.parent_id, p.kind AS parent_kind, e.relation, e.child_id, c.kind AS child_kind
     FROM _edges e LEFT JOIN _artifacts p ON p.id = e.parent_id LEFT JOIN _artifacts c ON c.id = e.child_id;

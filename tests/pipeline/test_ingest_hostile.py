@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from flows.cli import app
 from pipeline.catalog import Catalog
 from pipeline.identity import file_sha256
-from pipeline.ingest import FORMATS, IngestError, IngestOptions, ingest_source, latest_ingests, runner
+from pipeline.ingest import FORMATS, IngestError, IngestOptions, ingest_source, latest_ingests
+from pipeline.ingest import stage as ingest_stage
 from pipeline.ingest.readers import MAX_DEPTH, SourceChanged, file_source, iter_records
 from tests.pipeline._ingest_util import assert_conserved, pairs_of, reasons_by_row, rejections_of
 
@@ -86,7 +87,7 @@ def test_a_file_rewritten_after_its_id_hash_fails_naming_it_and_publishes_nothin
         calls.append(source.sha256)
         path.write_bytes(other if len(calls) % 2 else original)
 
-    monkeypatch.setattr(runner, "_before_read", rewrite_every_time)
+    monkeypatch.setattr(ingest_stage, "_before_read", rewrite_every_time)
     with pytest.raises(SourceChanged, match=rf"{path.name}: changed while it was read") as raised:
         ingest_source(path, workspace)
     assert "\n" not in str(raised.value)
@@ -107,7 +108,7 @@ def test_a_file_that_changes_once_is_read_again_and_rows_match_the_digest(
         if not notes:
             path.write_bytes(other)
 
-    monkeypatch.setattr(runner, "_before_read", rewrite_once)
+    monkeypatch.setattr(ingest_stage, "_before_read", rewrite_once)
     (result,) = ingest_source(path, workspace, on_note=notes.append)
     assert_conserved(result)
     assert any("changed while it was read; reading it again" in note for note in notes)
@@ -130,7 +131,7 @@ def test_save_to_disk_folder_rewritten_after_its_id_hash_fails(tmp_path, workspa
         calls.append(source)
         data_file.write_bytes(contents[len(calls) % 2 - 1])
 
-    monkeypatch.setattr(runner, "_before_read", rewrite_every_time)
+    monkeypatch.setattr(ingest_stage, "_before_read", rewrite_every_time)
     with pytest.raises(SourceChanged, match="saved: changed while it was read"):
         ingest_source(tmp_path / "saved", workspace)
     assert_nothing_published(workspace)
@@ -155,7 +156,7 @@ def test_a_file_changed_in_place_mid_read_is_caught(tmp_path):
 
 def test_the_cli_shows_a_changing_file_as_one_line(tmp_path, monkeypatch):
     path = write(tmp_path / "data", "jsonl", versions(1)[0])
-    monkeypatch.setattr(runner, "_before_read", lambda source: path.write_bytes(path.read_bytes() + b"\n"))
+    monkeypatch.setattr(ingest_stage, "_before_read", lambda source: path.write_bytes(path.read_bytes() + b"\n"))
     result = CliRunner().invoke(app, ["ingest", str(path), "-w", str(tmp_path / "ws")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "changed while it was read" in "".join(result.output.split("\n"))

@@ -15,7 +15,8 @@ import pytest
 from pipeline.catalog import Catalog
 from pipeline.contracts import validate
 from pipeline.identity import file_sha256
-from pipeline.ingest import FORMATS, IngestOptions, NotPreferenceData, ingest_source, latest_ingests, runner
+from pipeline.ingest import FORMATS, IngestOptions, NotPreferenceData, ingest_source, latest_ingests
+from pipeline.ingest import stage as ingest_stage
 from tests.pipeline._ingest_util import assert_conserved, pairs_of, write_jsonl
 
 RECORDS = [{"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(5)]
@@ -31,7 +32,12 @@ def test_outputs_satisfy_contracts_and_ingest_json(tmp_path, workspace):
     validate(pq.read_table(result.pairs_path), "preference_pair")
     validate(pq.read_table(result.rejections_path), "rejection")
     folder = workspace.sources_dir / result.ingest_id
-    assert sorted(p.name for p in folder.iterdir()) == ["ingest.json", "pairs.parquet", "rejections.parquet"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "ingest.json",
+        "pairs.parquet",
+        "rejections.parquet",
+        "stage.json",
+    ]
     manifest = json.loads((folder / "ingest.json").read_text())
     assert manifest["complete"] is True
     assert (manifest["rows_read"], manifest["rows_kept"], manifest["rows_rejected"]) == (6, 5, 1)
@@ -144,7 +150,7 @@ def test_reingest_unchanged_file_is_reused_without_reading(tmp_path, workspace, 
     def no_reading(source):
         raise AssertionError("an unchanged file was read again")
 
-    monkeypatch.setattr(runner, "iter_records", no_reading)
+    monkeypatch.setattr(ingest_stage, "iter_records", no_reading)
     (second,) = ingest_source(path, workspace)
     assert second.reused and not first.reused
     assert second.ingest_id == first.ingest_id
@@ -179,13 +185,15 @@ def test_catalog_records_source_pairs_and_rejections(tmp_path, workspace):
     )
     catalog = Catalog(workspace)
     source = catalog.get(result.source_sha256)
-    assert (source.kind, source.uri, source.meta["format"], source.meta["name"]) == (
+    # the source file is the stage's input: its absolute path, its URI (what pair rows name) in meta
+    assert (source.kind, source.uri, source.meta["uri"], source.meta["name"]) == (
         "source_file",
+        str(tmp_path / "a.jsonl"),
         result.source_uri,
-        "flat",
         "demo",
     )
     pairs = catalog.get(f"pairs-{result.ingest_id}")
+    assert pairs.meta["format"] == "flat"
     rejections = catalog.get(f"rejections-{result.ingest_id}")
     assert (pairs.kind, pairs.rows, rejections.kind, rejections.rows) == ("pairs", 5, "rejections", 1)
     assert catalog.parents(pairs.id) == [(result.source_sha256, "ingested_from")]
@@ -225,19 +233,19 @@ def test_failure_mid_write_leaves_nothing(tmp_path, workspace, monkeypatch):
 
 
 def test_killed_writer_leftovers_are_never_read(tmp_path, workspace):
-    # A killed process leaves `.tmp-<id>-xxxx/` with a pairs.parquet but no ingest.json; neither
-    # latest_ingests nor a re-ingest may take it for a whole ingest.
+    # A killed process leaves `.tmp-<id>-xxxx/` with a pairs.parquet but no stage record (written
+    # last); neither latest_ingests nor a re-ingest may take it for a whole ingest.
     path = write_jsonl(tmp_path / "a.jsonl", RECORDS)
     (result,) = ingest_source(path, workspace)
     final = workspace.sources_dir / result.ingest_id
-    (final / "ingest.json").unlink()  # as if the writer died before the manifest
+    (final / "stage.json").unlink()  # as if the writer died before the record
     assert latest_ingests(workspace) == []
     (again,) = ingest_source(path, workspace)
-    assert not again.reused and (final / "ingest.json").is_file()
+    assert not again.reused and (final / "ingest.json").is_file() and (final / "stage.json").is_file()
     for folder in workspace.sources_dir.iterdir():
         assert (
             folder.name == "latest"
-            or (folder / "ingest.json").is_file()
+            or (folder / "stage.json").is_file()
             or not (folder / "pairs.parquet").exists()
         )
 
