@@ -55,6 +55,9 @@ class ShardDataset(torch.utils.data.Dataset):
         table = table.combine_chunks() if table.num_rows == 0 else table
         self.table = table
         self.name = name
+        # Where the rows come from (set by `open`): the trainer reports the dataset and its lineage to trackers.
+        self.workspace: Workspace | None = None
+        self.dataset_id: str | None = None
         chunk_rows = [len(chunk) for chunk in table.column("prompt_ids").chunks]
         self._chunk_starts = np.cumsum([0, *chunk_rows])
         self._lists = {column: _ListColumn(table.column(column)) for column in LIST_COLUMNS}
@@ -66,7 +69,9 @@ class ShardDataset(torch.utils.data.Dataset):
 
     @classmethod
     def open(cls, workspace: Workspace, dataset_id: str, split: str) -> ShardDataset:
-        return cls(open_split(workspace, dataset_id, split), name=f"dataset {dataset_id} ({split})")
+        dataset = cls(open_split(workspace, dataset_id, split), name=f"dataset {dataset_id} ({split})")
+        dataset.workspace, dataset.dataset_id = workspace, dataset_id
+        return dataset
 
     def __len__(self) -> int:
         return self.table.num_rows

@@ -7,13 +7,18 @@ precision, device placement), gradient accumulation, checkpoints and `resume_fro
 fine-tuning), or from the policy itself with its LoRA adapter disabled.
 
 Metrics use TRL's names. Per step, one packed tensor of sums is gathered across processes (one
-collective, one host sync), and the averages are emitted at each log event.
+collective, one host sync), and the averages are emitted at each log event: every `report_to` tracker
+(TensorBoard, MLflow, W&B …) gets them like the Trainer's own, and `TrackerContextCallback` adds what the
+run is about (dataset id, reference model, source files, config) to those trackers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +75,9 @@ class DPOPTrainer(Trainer):
         # No `labels`/`num_items_in_batch`: our loss is a mean over pairs, not over tokens.
         self.model_accepts_loss_kwargs = False
         self._sums: dict[str, torch.Tensor | None] = {"train": None, "eval": None}
+        # After the stock integrations in the callback list: they have opened their runs when it speaks.
+        self.trackers = TrackerContextCallback(self.callback_handler, self.run_context)
+        self.add_callback(self.trackers)
 
     # ----- data -----
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
@@ -132,6 +140,51 @@ class DPOPTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        # An evaluation after train() (dpop.train's final one) reports to the same tracker run as training.
+        with self.trackers.reopened():
+            return super().evaluate(*args, **kwargs)
+
+    # ----- what the run is about, for trackers -----
+    def run_context(self) -> RunContext:
+        """The run's dataset, models, lineage and config (`TrackerContextCallback` sends it)."""
+        from pipeline.version import code_version
+
+        dataset = self.train_dataset
+        dataset_id = getattr(dataset, "dataset_id", None)
+        lineage = _lineage(getattr(dataset, "workspace", None), dataset_id)
+        config = self.train_config
+        params: dict[str, Any] = {
+            "run_id": Path(self.args.output_dir).name if self.args.output_dir else None,
+            "dataset_id": dataset_id,
+            "dataset_dir": str(dataset.workspace.dataset_dir(dataset_id)) if dataset_id else None,
+            "base_model": _name_or_path(self.model),
+            "reference_model": self._reference_description(dataset, lineage),
+            "loss": config.loss,
+            **config.loss_kwargs(),
+            "finetuning": "lora" if config.uses_lora else "full",
+            "train_rows": len(dataset) if dataset is not None else None,
+            "eval_rows": len(self.eval_dataset) if self.eval_dataset is not None else 0,
+            "code_version": code_version(),
+        }
+        documents: dict[str, Any] = {"config": config.as_dict()}
+        if lineage is not None:
+            params["sources"] = ", ".join(source.name for source in lineage.sources)
+            params["licenses"] = ", ".join(lineage.licenses)
+            documents["lineage"] = lineage.to_json()
+        return RunContext({k: v for k, v in params.items() if v is not None}, documents)
+
+    def _reference_description(self, dataset: Any, lineage: Any) -> str:
+        stored = isinstance(dataset, ShardDataset) and dataset.has_reference_logps()
+        if stored and lineage is not None and lineage.reference_model:
+            reference = lineage.reference_model
+            return f"{reference.get('id')} (log-probs stored in the dataset, {reference.get('dtype', 'float32')})"
+        if stored:
+            return "log-probs stored in the dataset"
+        if self.ref_model is not None:
+            return "frozen copy of the base model"
+        return "the base model with the LoRA adapter disabled"
 
     # ----- metrics -----
     def _accumulate(self, inputs, policy, ref_chosen, ref_rejected, chosen_rewards, rejected_rewards) -> None:
@@ -215,3 +268,164 @@ class MetricsFileCallback(TrainerCallback):
             record[name] = value
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+# ----- experiment trackers -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a run is about: short values (`params`) and JSON documents (`documents`: config, lineage)."""
+
+    params: dict[str, Any]
+    documents: dict[str, Any] = field(default_factory=dict)
+
+    def text(self) -> str:
+        return "\n".join(f"| {key} | {value} |" for key, value in self.params.items())
+
+
+class TrackerContextCallback(TrainerCallback):
+    """Adds a run's context to the trackers the Trainer reports to (`report_to`), once they have opened
+    their run (on_train_begin; main process only):
+
+      MLflow       params `dpop.<name>`; tags `dpop.dataset_id`, `dpop.run_id`, `dpop.loss`; the dataset
+                   as the run's input (MLflow's "Datasets used"); artifacts dpop/config.json, dpop/lineage.json
+      TensorBoard  text summaries `dpop/context` (a table), `dpop/config`, `dpop/lineage`
+      W&B          config `dpop` (params and documents); tags `dataset:<id>`, `loss:<name>`
+
+    The metrics (TRL's names, dpop/penalty …) reach every tracker through `DPOPTrainer.log`; other
+    integrations get those and the Trainer's own args. MLflow's integration ends its run when training
+    ends: `reopened()` resumes that run for an evaluation made afterwards, so its metrics land with the
+    run instead of in a new one."""
+
+    def __init__(self, handler: Any, context: Callable[[], RunContext]):
+        self.handler = handler
+        self.context = context
+        self._mlflow_run_id: str | None = None
+        self._training_ended = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._training_ended = False
+        if not state.is_world_process_zero:
+            return
+        senders = [(send, callback) for callback in self.handler.callbacks if (send := _sender(callback))]
+        if not senders:
+            return
+        context = self.context()
+        for send, callback in senders:
+            send(callback, context, args)
+        mlflow = _mlflow_of(self.handler)
+        if mlflow is not None and mlflow.active_run() is not None:
+            self._mlflow_run_id = mlflow.active_run().info.run_id
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._training_ended = True
+
+    @contextlib.contextmanager
+    def reopened(self) -> Iterator[None]:
+        mlflow = _mlflow_of(self.handler)
+        if not (self._training_ended and self._mlflow_run_id and mlflow and mlflow.active_run() is None):
+            yield
+            return
+        with mlflow.start_run(run_id=self._mlflow_run_id):
+            yield
+
+
+def _sender(callback: Any) -> Callable[[Any, RunContext, Any], None] | None:
+    """The function that sends a context to this integration callback's tracker, if it is one we know."""
+    from transformers.integrations import MLflowCallback, TensorBoardCallback, WandbCallback
+
+    for kind, send in (
+        (MLflowCallback, _to_mlflow),
+        (TensorBoardCallback, _to_tensorboard),
+        (WandbCallback, _to_wandb),
+    ):
+        if isinstance(callback, kind):
+            return send
+    return None
+
+
+def _mlflow_of(handler: Any) -> Any:
+    from transformers.integrations import MLflowCallback
+
+    found = [c for c in handler.callbacks if isinstance(c, MLflowCallback)]
+    return found[0]._ml_flow if found else None
+
+
+def _to_mlflow(callback: Any, context: RunContext, args: Any) -> None:
+    mlflow = callback._ml_flow
+    if mlflow.active_run() is None:
+        return
+    limit = callback._MAX_PARAM_VAL_LENGTH
+    mlflow.log_params({f"dpop.{key}": str(value)[:limit] for key, value in context.params.items()})
+    tags = {
+        f"dpop.{key}": str(context.params[key])
+        for key in ("dataset_id", "run_id", "loss")
+        if key in context.params
+    }
+    if args.run_name is None and "run_id" in context.params:
+        tags["mlflow.runName"] = context.params["run_id"]  # the dpop run id instead of a random name
+    mlflow.set_tags(tags)
+    for name, document in context.documents.items():
+        mlflow.log_dict(document, f"dpop/{name}.json")
+    dataset_id = context.params.get("dataset_id")
+    if dataset_id:
+        _mlflow_dataset_input(mlflow, context.params, context.documents.get("lineage"))
+
+
+def _mlflow_dataset_input(mlflow: Any, params: Mapping[str, Any], lineage: Mapping[str, Any] | None) -> None:
+    """The dataset version as the run's training input, where MLflow's UI lists the datasets a run used."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    dataset_id = params["dataset_id"]
+    rows = sum((lineage or {}).get("splits", {}).values()) or None
+    dataset = MetaDataset(
+        source=LocalArtifactDatasetSource(params.get("dataset_dir", dataset_id)),
+        name=dataset_id,
+        digest=hashlib.sha256(dataset_id.encode()).hexdigest()[:16],
+        schema=None,
+    )
+    mlflow.log_input(dataset, context="training", tags={"rows": str(rows)} if rows else None)
+
+
+def _to_tensorboard(callback: Any, context: RunContext, args: Any) -> None:
+    writer = callback.tb_writer
+    if writer is None:
+        return
+    writer.add_text("dpop/context", "| setting | value |\n|---|---|\n" + context.text(), 0)
+    for name, document in context.documents.items():
+        # four-space indent: TensorBoard renders text as Markdown, and this keeps the JSON a code block
+        body = json.dumps(document, indent=2, sort_keys=True, default=str)
+        writer.add_text(f"dpop/{name}", "    " + body.replace("\n", "\n    "), 0)
+    writer.flush()
+
+
+def _to_wandb(callback: Any, context: RunContext, args: Any) -> None:
+    wandb = callback._wandb
+    if wandb is None or wandb.run is None:
+        return
+    wandb.config.update({"dpop": {**context.params, **context.documents}}, allow_val_change=True)
+    tags = [f"dataset:{context.params['dataset_id']}"[:64]] if "dataset_id" in context.params else []
+    tags.append(f"loss:{context.params.get('loss')}")
+    wandb.run.tags = tuple(dict.fromkeys([*(wandb.run.tags or ()), *tags]))
+    if args.run_name is None and "run_id" in context.params:
+        wandb.run.name = context.params["run_id"]
+
+
+def _lineage(workspace: Any, dataset_id: str | None) -> Any:
+    """The dataset's lineage, or None where it cannot be read (a dataset made outside a workspace build):
+    reporting what is known must never stop a training run."""
+    if workspace is None or dataset_id is None:
+        return None
+    from pipeline.cards import dataset_lineage
+
+    try:
+        return dataset_lineage(workspace, dataset_id)
+    except (OSError, ValueError, RuntimeError, KeyError):
+        return None
+
+
+def _name_or_path(model: Any) -> str | None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, "name_or_path", None) or None
