@@ -1,5 +1,14 @@
-"""Models on disk: their catalog id, safe loading, the check that a model's tokenizer is the one the
+"""Models on disk: their identity, safe loading, the check that a model's tokenizer is the one the
 shards were made with, and the numeric precision a forward pass runs in.
+
+Identity (`model_artifact`), the one rule every stage uses for a model it reads:
+
+- a folder a stage made (it, or its run folder, holds a `stage.json` naming it as an output) has that
+  stage's model id (`model-<stage id>`), wherever it lies;
+- any other folder is `model-<content hash>`: the hash of its files' names and bytes, so the same weights
+  at two paths (or in two workspaces) are the same model. Hashing a multi-GB model takes a while, so
+  each file's sha256 is remembered by (path, size, mtime_ns, ctime_ns, inode) in a small JSON cache
+  (`$DPOP_CACHE_DIR`, else the user cache folder): a file rewritten or touched since is hashed again.
 
 Loading never unpickles: every model load in dpop goes through `load_causal_lm`, which reads
 safetensors only (`use_safetensors=True`) and refuses a folder that has only pickled weights
@@ -10,14 +19,16 @@ the caller opts in (`trust_remote_code=True`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.catalog import Catalog, CatalogBatch
+from pipeline.atomic import TMP_PREFIX, write_text_atomic
 from pipeline.identity import file_sha256, tree_sha256
+from pipeline.stage import Artifact, read_record
 
 TOKENIZER_FILE = "tokenizer.json"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -29,9 +40,107 @@ class PickledWeightsError(ValueError):
     """A model folder offers only pickled weights, which dpop does not load."""
 
 
+DIGEST_CACHE_FILE = "model-file-sha256.json"
+DIGEST_CACHE_ENTRIES = 20_000  # a bound on the cache file: the most recently used entries are kept
+
+
+def model_artifact(model_path: str | os.PathLike[str]) -> Artifact:
+    """The model folder as an artefact (kind `model`, absolute path): its maker's model id when a stage
+    made it, else `model-<content hash>` (see the module docstring)."""
+    path = Path(model_path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"model path {path} does not exist or is not a folder")
+    path = path.resolve()
+    made = _made_by_stage(path)
+    if made is not None:
+        return made
+    return Artifact(f"model-{model_content_hash(path)[:16]}", "model", str(path), meta={"name": path.name})
+
+
 def model_id(model_path: str | os.PathLike[str]) -> str:
-    """Catalog id of a model folder: `model-<tree_sha256[:16]>` (same files, same id)."""
-    return f"model-{tree_sha256(model_path)[:16]}"
+    """`model_artifact(model_path).id`."""
+    return model_artifact(model_path).id
+
+
+def _made_by_stage(path: Path) -> Artifact | None:
+    """The model output naming `path` in the record of the folder itself or of its parent (a run)."""
+    for folder in (path, path.parent):
+        record = read_record(folder)
+        if record is None:
+            continue
+        for output in record.outputs:
+            if (
+                output.kind == "model"
+                and output.path is not None
+                and _names(folder, record.folder, output.path, path)
+            ):
+                return Artifact(output.id, "model", str(path), meta={**output.meta, "made_by": record.stage})
+    return None
+
+
+def _names(folder: Path, record_folder: str, output_path: str, path: Path) -> bool:
+    """Whether a record found in `folder` (which it calls `record_folder`) names `path` by `output_path`.
+    Records name outputs relative to their workspace, so a moved workspace still matches."""
+    output = Path(output_path)
+    if output.is_absolute():
+        return output.resolve() == path
+    try:
+        inside = output.relative_to(record_folder)
+    except ValueError:
+        return False
+    return (folder / inside).resolve() == path
+
+
+def model_content_hash(folder: Path) -> str:
+    """`tree_sha256` of the folder, each file's digest taken from the cache when its version is known."""
+    cache = _DigestCache(_digest_cache_path())
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(TMP_PREFIX))
+    known = {path: cache.digest(path) for path in files}
+    cache.save()
+    return tree_sha256(folder, known)
+
+
+def _digest_cache_path() -> Path:
+    root = (
+        os.environ.get("DPOP_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dpop"
+    )
+    return Path(root) / DIGEST_CACHE_FILE
+
+
+class _DigestCache:
+    """sha256 of files by version. A cache only: unreadable means empty, an unwritable folder or a write
+    lost to a concurrent process (every rank of a launch hashes the same model) means one more hash."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.changed = False
+        try:
+            self.entries: dict[str, list[Any]] = json.loads(path.read_text(encoding="utf-8"))["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            self.entries = {}
+
+    def digest(self, path: Path) -> str:
+        stat = path.stat()
+        version = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+        key = str(path)
+        known = self.entries.pop(key, None)
+        if isinstance(known, list) and known[:-1] == version:
+            self.entries[key] = known  # re-inserted: the dict's order is least recently used first
+            return known[-1]
+        digest = file_sha256(path)
+        stat = path.stat()
+        if [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino] == version:  # unchanged meanwhile
+            self.entries[key] = [*version, digest]
+        self.changed = True
+        return digest
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        kept = dict(list(self.entries.items())[-DIGEST_CACHE_ENTRIES:])
+        with contextlib.suppress(OSError):
+            write_text_atomic(self.path, json.dumps({"files": kept}) + "\n")
 
 
 def require_model_dir(model_path: str | os.PathLike[str]) -> Path:
@@ -164,17 +273,3 @@ def precision_for_training(config: Any) -> Precision:
     if autocast and get("deepspeed"):
         return Precision(autocast)  # DeepSpeed casts the weights themselves instead of autocasting
     return Precision(get("model_dtype", "float32") or "float32", autocast)
-
-
-def record_model(
-    catalog: Catalog | CatalogBatch,
-    model_path: str | os.PathLike[str],
-    role: str,
-    identifier: str | None = None,
-) -> str:
-    """Record a model folder in the catalog (kind `model`) and return its id; pass `identifier` when
-    the caller already hashed the folder (hashing a large model's weights takes a while)."""
-    path = Path(model_path).resolve()
-    identifier = identifier or model_id(path)
-    catalog.record_artifact(identifier, "model", uri=str(path), meta={"role": role, "path": str(path)})
-    return identifier

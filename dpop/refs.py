@@ -1,11 +1,12 @@
 """Reference log-probabilities computed once and stored in the shards: training then loads no reference model.
 
-`compute_reference_logps` runs the reference model (no grad, large length-sorted batches) over every
-split of a tokenised dataset version and writes a *new* version whose shards are the same rows with
-`ref_chosen_logps` / `ref_rejected_logps` filled. Its parents are the tokenised version
-(`reference_logps_from`) and the model (`reference_model`); its id is a hash of both and of the
-precision, so asking again for the same triple reuses the folder. The folder is built under a
-temporary name and renamed: a crash leaves no version a reader could take for whole.
+`LogpsStage` runs a model (no grad, large length-sorted batches) over every split of a tokenised dataset
+version and writes a *new* version whose shards are the same rows with `ref_chosen_logps` /
+`ref_rejected_logps` filled. Its inputs are the tokenised version (`reference_logps_from`) and the model
+(`reference_model`, by `dpop.model_io.model_artifact`: a content id, never a path); its id is
+`<base dataset id>-ref-<hash>` of both and of the precision, so asking again for the same triple reuses
+the folder, in any workspace. The runner writes it under a temporary name renamed when complete: a crash
+leaves no version a reader could take for whole. `compute_reference_logps` is the convenience entry.
 
 The precision (`dtype`, a `dpop.model_io.Precision` or its label) must be the one the policy trains in
 (`precision_for_training(config)`): at step 0 the policy is the reference, so its log-ratio is 0 only
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +32,23 @@ from dpop.model_io import (
     Precision,
     check_tokenizer,
     load_causal_lm,
-    model_id,
-    record_model,
+    model_artifact,
     require_model_dir,
+    require_safetensors,
 )
-from pipeline.atomic import atomic_dir
-from pipeline.catalog import Catalog
 from pipeline.identity import stable_hash
-from pipeline.shards import MANIFEST, SPLITS, load_manifest, shard_paths, write_manifest, write_split
+from pipeline.shards import CONTRACT, SPLITS, load_manifest, shard_paths, write_manifest, write_split
+from pipeline.stage import (
+    INLINE,
+    Artifact,
+    Executor,
+    Input,
+    Stage,
+    StageContext,
+    StageOutput,
+    run_stage,
+    workspace_path,
+)
 from pipeline.workspace import Workspace
 
 DEFAULT_BATCH_SIZE = 64
@@ -45,13 +57,154 @@ DEFAULT_BATCH_SIZE = 64
 DEFAULT_TOKEN_BUDGET = 65_536
 # Files of the parent version that describe its rows and travel with the new version unchanged.
 CARRIED_FILES = ("pairs.parquet", "rejections.parquet")
+STAGE_NAME = "logps"
+STAGE_VERSION = 1
+FROM, MODEL = "reference_logps_from", "reference_model"
+
+
+def dataset_artifact(dataset_id: str) -> Artifact:
+    """A dataset version as a stage input: by id, its folder named relative to the workspace."""
+    return Artifact(dataset_id, "dataset", str(Workspace(Path()).dataset_dir(dataset_id)))
 
 
 def reference_dataset_id(
     dataset_id: str, reference_model_id: str, precision: Precision | str = "float32"
 ) -> str:
-    identity = [dataset_id, reference_model_id, Precision.parse(precision).label]
+    """`<base dataset id>-ref-<hash>`: the hash of what any stage id hashes (name, version, input ids
+    and relations, config), so log-probs of another model or precision are another version."""
+    identity = {
+        "stage": STAGE_NAME,
+        "version": STAGE_VERSION,
+        "inputs": sorted([[dataset_id, FROM], [reference_model_id, MODEL]]),
+        "config": {"dtype": Precision.parse(precision).label},
+    }
     return f"{dataset_id.split('-ref-')[0]}-ref-{stable_hash(identity, 12)}"
+
+
+@dataclass(frozen=True)
+class LogpsStage(Stage):
+    """`model`'s log-probs of every pair of `dataset_id`, in precision `dtype`, as a new dataset version.
+
+    `batch_size`, `trust_remote_code` and `progress` change how it runs, not what it writes."""
+
+    name = STAGE_NAME
+    version = STAGE_VERSION
+    id_prefix = "ref"  # ids read <dataset>-ref-<hash> (see `id`)
+
+    dataset_id: str
+    model: Path
+    dtype: Precision | str = "float32"
+    batch_size: int | None = None
+    trust_remote_code: bool = False
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model", require_model_dir(self.model))
+        object.__setattr__(self, "dtype", Precision.parse(self.dtype))
+
+    @cached_property
+    def model_artifact(self) -> Artifact:
+        return model_artifact(self.model)
+
+    @cached_property
+    def id(self) -> str:  # type: ignore[override]
+        return reference_dataset_id(self.dataset_id, self.model_artifact.id, self.dtype)
+
+    def inputs(self) -> list[Input]:
+        return [Input(dataset_artifact(self.dataset_id), FROM), Input(self.model_artifact, MODEL)]
+
+    def config(self) -> dict[str, Any]:
+        return {"dtype": self.dtype.label}
+
+    def folder(self, ws: Workspace) -> Path:
+        return ws.dataset_dir(self.id)
+
+    def label(self) -> str:
+        return f"log-probs of {self.dataset_id} ({self.dtype.label})"
+
+    def check(self, ws: Workspace) -> dict[str, Any]:
+        """What fails before any work, in one line: a missing or corrupt parent version, a model whose
+        tokenizer is not the shards' one, pickled weights. Returns the parent's manifest."""
+        manifest = load_manifest(ws, self.dataset_id)
+        check_tokenizer(manifest, self.model)
+        require_safetensors(self.model)
+        for split in manifest.get("splits", {}):
+            shard_paths(ws, self.dataset_id, split)
+        return manifest
+
+    def run(self, ctx: StageContext) -> StageOutput:
+        import torch
+
+        manifest = self.check(ctx.ws)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_causal_lm(
+            self.model, dtype=self.dtype.torch_dtype(), trust_remote_code=self.trust_remote_code
+        )
+        model.to(device).eval()
+        forward = self.dtype.forward_of(model, device.type)
+        pad_token_id = _pad_token_id(self.model)
+        splits: dict[str, Any] = {}
+        for split in SPLITS:
+            if split not in manifest.get("splits", {}):
+                continue
+            ctx.progress(len(splits), len(manifest["splits"]), f"{split} split")
+            dataset = ShardDataset.open(ctx.ws, self.dataset_id, split)
+            chosen, rejected = split_reference_logps(
+                forward, dataset, pad_token_id, self.batch_size or DEFAULT_BATCH_SIZE, device, self.progress
+            )
+            table = _set_column(dataset.table, "ref_chosen_logps", chosen)
+            table = _set_column(table, "ref_rejected_logps", rejected)
+            rows_per_shard = max((info["rows"] for info in manifest["splits"][split]["shards"]), default=1)
+            infos = write_split(ctx.out, split, table, rows_per_shard=max(rows_per_shard, 1))
+            splits[split] = {"rows": table.num_rows, "shards": [info.as_dict() for info in infos]}
+            del dataset, table
+        for name in CARRIED_FILES:
+            if (ctx.ws.dataset_dir(self.dataset_id) / name).is_file():
+                shutil.copyfile(ctx.ws.dataset_dir(self.dataset_id) / name, ctx.out / name)
+        write_manifest(ctx.out, self._manifest(manifest, splits))
+        return self._output(ctx, splits)
+
+    def _manifest(self, parent: dict[str, Any], splits: dict[str, Any]) -> dict[str, Any]:
+        manifest = {key: value for key, value in parent.items() if key != "contract"}
+        reference = self.model_artifact.id
+        manifest.update(
+            dataset_id=self.id,
+            parents=[
+                {"id": self.dataset_id, "kind": "dataset", "relation": FROM},
+                {"id": reference, "kind": "model", "relation": MODEL},
+            ],
+            reference_model={"id": reference, "path": str(self.model), "dtype": self.dtype.label},
+            splits=splits,
+        )
+        return manifest
+
+    def _output(self, ctx: StageContext, splits: dict[str, Any]) -> StageOutput:
+        rows = sum(split["rows"] for split in splits.values())
+        meta = {"reference_model": self.model_artifact.id, "dtype": self.dtype.label}
+        outputs = [Artifact(self.id, "dataset", workspace_path(ctx.ws, ctx.folder), rows, CONTRACT, meta)]
+        for split, info in splits.items():
+            outputs += [
+                Artifact(
+                    shard["sha256"],
+                    "shard",
+                    ctx.path(shard["file"]),
+                    rows=shard["rows"],
+                    contract=CONTRACT,
+                    meta={
+                        "dataset_id": self.id,
+                        "split": split,
+                        "file": shard["file"],
+                        "bytes": shard["bytes"],
+                    },
+                    parents=((self.id, "part_of"),),
+                )
+                for shard in info["shards"]
+            ]
+        return StageOutput(
+            outputs=outputs,
+            counts={"rows_in": rows, "rows_out": rows},
+            summary={"reference_model": self.model_artifact.id, "dtype": self.dtype.label},
+        )
 
 
 def compute_reference_logps(
@@ -62,85 +215,15 @@ def compute_reference_logps(
     trust_remote_code: bool = False,
     progress: bool = True,
     dtype: Precision | str = "float32",
+    executor: Executor = INLINE,
 ) -> str:
     """Fill the ref_* columns of `dataset_id` with `model_path`'s log-probs computed in precision
-    `dtype` (the policy's: `precision_for_training(config)`); return the new dataset id."""
-    import torch
-
-    precision = Precision.parse(dtype)
+    `dtype` (the policy's: `precision_for_training(config)`) through the stage runner; return the new
+    dataset id. The parent is checked first, so a corrupt one fails even when the result exists."""
     ws = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
-    model_path = require_model_dir(model_path)
-    manifest = load_manifest(ws, dataset_id)
-    check_tokenizer(manifest, model_path)
-    for split in manifest.get("splits", {}):
-        shard_paths(ws, dataset_id, split)  # a corrupt parent fails here, even when the result exists
-    reference_id = model_id(model_path)
-    new_id = reference_dataset_id(dataset_id, reference_id, precision)
-    new_dir = ws.dataset_dir(new_id)
-    catalog = Catalog(ws)
-    if (new_dir / MANIFEST).is_file():
-        record_model(catalog, model_path, role="reference", identifier=reference_id)
-        return new_id
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_causal_lm(model_path, dtype=precision.torch_dtype(), trust_remote_code=trust_remote_code)
-    model.to(device).eval()
-    forward = precision.forward_of(model, device.type)
-    pad_token_id = _pad_token_id(model_path)
-    batch_size = batch_size or DEFAULT_BATCH_SIZE
-
-    splits: dict[str, Any] = {}
-    with atomic_dir(new_dir) as tmp:
-        for split in SPLITS:
-            if split not in manifest.get("splits", {}):
-                continue
-            dataset = ShardDataset.open(ws, dataset_id, split)
-            chosen, rejected = split_reference_logps(
-                forward, dataset, pad_token_id, batch_size, device, progress
-            )
-            table = dataset.table
-            table = _set_column(table, "ref_chosen_logps", chosen)
-            table = _set_column(table, "ref_rejected_logps", rejected)
-            rows_per_shard = max((info["rows"] for info in manifest["splits"][split]["shards"]), default=1)
-            infos = write_split(tmp, split, table, rows_per_shard=max(rows_per_shard, 1))
-            splits[split] = {"rows": table.num_rows, "shards": [info.as_dict() for info in infos]}
-            del dataset, table
-        for name in CARRIED_FILES:
-            if (ws.dataset_dir(dataset_id) / name).is_file():
-                shutil.copyfile(ws.dataset_dir(dataset_id) / name, tmp / name)
-        new_manifest = {key: value for key, value in manifest.items() if key != "contract"}
-        new_manifest.update(
-            dataset_id=new_id,
-            parents=[
-                {"id": dataset_id, "kind": "dataset", "relation": "reference_logps_from"},
-                {"id": reference_id, "kind": "model", "relation": "reference_model"},
-            ],
-            reference_model={"id": reference_id, "path": str(model_path), "dtype": precision.label},
-            splits=splits,
-        )
-        write_manifest(tmp, new_manifest)
-
-    rows = sum(split["rows"] for split in splits.values())
-    with catalog.batch() as batch:
-        record_model(batch, model_path, role="reference", identifier=reference_id)
-        batch.record_artifact(
-            new_id,
-            "dataset",
-            uri=str(new_dir),
-            rows=rows,
-            meta={"reference_model": reference_id, "dtype": precision.label},
-            parents={dataset_id: "reference_logps_from", reference_id: "reference_model"},
-        )
-        for split in splits.values():
-            for info in split["shards"]:
-                batch.record_artifact(
-                    info["sha256"],
-                    "shard",
-                    uri=str(new_dir / info["file"]),
-                    rows=info["rows"],
-                    parents={new_id: "part_of"},
-                )
-    return new_id
+    stage = LogpsStage(dataset_id, Path(model_path), dtype, batch_size, trust_remote_code, progress)
+    stage.check(ws)
+    return run_stage(ws, stage, executor).id
 
 
 def check_reference_precision(manifest: dict[str, Any], precision: Precision | str) -> None:

@@ -13,9 +13,14 @@ TrainingArguments.
 
 The examples are token ids: from a dataset's train shards (`examples_from_shards`, what the trainer
 will see, eval split untouched) or from raw pairs tokenised with the chat template
-(`examples_from_pairs`, the same rule the tokenise stage uses). The result is a `save_pretrained`
-folder in `<ws>/models/sft-<key>/`, cached: the key hashes the base model's files (not its path), the
-examples and the settings, so the same inputs in any workspace give the same key.
+(`examples_from_pairs`, the same rule the tokenise stage uses).
+
+`SFTStage` is the warm-up as a stage: its inputs are the base model (`sft_from`, by
+`dpop.model_io.model_artifact`: its content or its maker's id, never its path) and the dataset whose
+train split it learns (`sft_on`); examples given directly instead count by their sha256. Its output is
+the model `model-<stage id>`, a `save_pretrained` folder `<ws>/models/sft-<hash>/` (with the tokenizer
+and the stage's record), so the same inputs in any workspace give the same id. `warm_up` is the
+convenience entry.
 """
 
 from __future__ import annotations
@@ -27,21 +32,31 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
-from dpop.model_io import load_causal_lm, model_id
-from pipeline.atomic import atomic_dir
-from pipeline.catalog import Catalog
+from dpop.model_io import load_causal_lm, model_artifact
+from dpop.refs import dataset_artifact
 from pipeline.config import setting, validate_fields
-from pipeline.identity import stable_hash
 from pipeline.shards import open_split
+from pipeline.stage import (
+    INLINE,
+    Artifact,
+    Executor,
+    Input,
+    Stage,
+    StageContext,
+    StageOutput,
+    StageRecord,
+    run_stage,
+    workspace_path,
+)
 from pipeline.workspace import Workspace
 
-SFT_RECORD = "sft.json"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -50,7 +65,7 @@ TOKENIZER_FILES = (
 )
 
 
-# The schedule and method are part of the cache key: a folder made another way is not reused.
+# The schedule and method are part of the identity: a model made another way is not reused.
 SFT_METHOD = "transformers.Trainer/adamw_torch/cosine_with_min_lr(0.1)/clip1.0"
 MAX_TOKENS = 1 << 20
 
@@ -120,6 +135,11 @@ class SFTResult:
     def final_loss(self) -> float | None:
         return self.losses[-1] if self.losses else None
 
+    @classmethod
+    def from_record(cls, ws: Workspace, record: StageRecord) -> SFTResult:
+        model = record.output("model")
+        return cls(model.location(ws), model.id, record.reused, list(record.summary.get("losses") or []))
+
 
 def examples_from_shards(workspace: Workspace, dataset_id: str, split: str = "train") -> list[Example]:
     table = open_split(workspace, dataset_id, split)
@@ -178,61 +198,98 @@ def _batch(examples: Sequence[Example], max_length: int, pad_id: int) -> dict[st
     return {"input_ids": input_ids, "attention_mask": attention, "labels": label_tensor}
 
 
+@dataclass(frozen=True)
+class SFTStage(Stage):
+    """Warm `base_model` up on the chosen answers of `dataset_id`'s train split (or on `examples`, when
+    given: then they, by sha256, stand for the data, and `dataset_id`, if any, is a lineage input), with
+    `settings` (an `SFTConfig`).
+    `on_step(step, total, loss)` reports progress and is not part of the identity."""
+
+    name = "sft"
+    id_prefix = "sft"
+
+    base_model: Path
+    dataset_id: str | None
+    settings: SFTConfig = field(default_factory=SFTConfig)
+    examples: tuple[Example, ...] = ()
+    on_step: Callable[[int, int, float], None] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        base = Path(self.base_model).expanduser()
+        if not base.is_dir():
+            raise FileNotFoundError(f"base model folder {base} does not exist")
+        if self.dataset_id is None and not self.examples:
+            raise ValueError("SFT warm-up needs a dataset or at least one example")
+        object.__setattr__(self, "base_model", base.resolve())
+        object.__setattr__(self, "examples", tuple(self.examples))
+
+    @cached_property
+    def base_artifact(self) -> Artifact:
+        return model_artifact(self.base_model)
+
+    def inputs(self) -> list[Input]:
+        inputs = [Input(self.base_artifact, "sft_from")]
+        if self.dataset_id is not None:
+            inputs.append(Input(dataset_artifact(self.dataset_id), "sft_on"))
+        return inputs
+
+    @cached_property
+    def _config(self) -> dict[str, Any]:
+        examples = _examples_sha256(self.examples) if self.examples else "train split of the dataset"
+        return {"settings": asdict(self.settings), "method": SFT_METHOD, "examples": examples}
+
+    def config(self) -> dict[str, Any]:
+        return self._config
+
+    def folder(self, ws: Workspace) -> Path:
+        return ws.models_dir / self.id
+
+    def label(self) -> str:
+        return f"SFT warm-up ({self.settings.steps} steps)"
+
+    def run(self, ctx: StageContext) -> StageOutput:
+        examples = list(self.examples) or examples_from_shards(ctx.ws, self.dataset_id, "train")
+        if not examples:
+            raise ValueError(f"SFT warm-up: dataset {self.dataset_id} has no train rows")
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            ctx.progress(step, total, f"loss {loss:.3f}")
+            if self.on_step is not None:
+                self.on_step(step, total, loss)
+
+        model, losses = _train(self.base_model, examples, self.settings, on_step)
+        model.save_pretrained(str(ctx.out))
+        for file_name in TOKENIZER_FILES:  # the folder loads as a model and a tokenizer, like a hub repo
+            if (self.base_model / file_name).is_file():
+                shutil.copy2(self.base_model / file_name, ctx.out / file_name)
+        meta = {"made_by": "sft", "base_model": self.base_artifact.id, "examples": len(examples)}
+        model_out = Artifact(f"model-{self.id}", "model", workspace_path(ctx.ws, ctx.folder), meta=meta)
+        return StageOutput(
+            outputs=[model_out],
+            counts={"examples": len(examples), "steps": len(losses)},
+            summary={
+                "losses": losses,
+                "final_loss": losses[-1] if losses else None,
+                "examples": len(examples),
+            },
+        )
+
+
 def warm_up(
     workspace: Workspace,
     base_model: str | os.PathLike[str],
-    examples: Sequence[Example],
+    examples: Sequence[Example] | str,
     config: SFTConfig | None = None,
-    name: str | None = None,
-    parents: Mapping[str, str] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
+    executor: Executor = INLINE,
 ) -> SFTResult:
-    """Fine-tune `base_model` on the examples' responses; save to `<ws>/models/<name>/`, or reuse it.
-
-    `name` defaults to `sft-<key>` where the key hashes the base model's files, the examples and the
-    config, so a changed input gets a new folder. `parents` adds catalog edges (e.g. the dataset the
-    examples came from, `{dataset_id: "sft_on"}`). `on_step(step, total, loss)` reports progress."""
-    config = config or SFTConfig()
-    if not examples:
+    """Fine-tune `base_model` on the responses of `examples` (a dataset id: its train split), through
+    the stage runner: the same base model, data and config reuse `<ws>/models/sft-<hash>/`."""
+    if not isinstance(examples, str) and not examples:
         raise ValueError("SFT warm-up needs at least one example")
-    base_model = Path(base_model)
-    if not base_model.is_dir():
-        raise FileNotFoundError(f"base model folder {base_model} does not exist")
-    base_id = model_id(base_model)  # a hash of the files: the key holds no path
-    key = stable_hash(
-        {
-            "base": base_id,
-            "examples": _examples_sha256(examples),
-            "config": asdict(config),
-            "method": SFT_METHOD,
-        }
-    )
-    out = workspace.models_dir / (name or f"sft-{key}")
-    record_path = out / SFT_RECORD
-    if record_path.is_file() and json.loads(record_path.read_text()).get("key") == key:
-        record = json.loads(record_path.read_text())
-        return SFTResult(out, model_id(out), reused=True, losses=record.get("losses", []))
-
-    model, losses = _train(base_model, examples, config, on_step)
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(str(tmp))
-        for file_name in TOKENIZER_FILES:  # the folder loads as a model and a tokenizer, like a hub repo
-            if (base_model / file_name).is_file():
-                shutil.copy2(base_model / file_name, tmp / file_name)
-        record = {
-            "key": key,
-            "base_model": base_model.name,  # a name, not a path: the folder's bytes do not depend on where it ran
-            "base_model_id": base_id,
-            "config": asdict(config),
-            "method": SFT_METHOD,
-            "examples": len(examples),
-            "losses": losses,
-            "parents": dict(parents or {}),  # catalog edges (content ids): a catalog rebuild restores them
-        }
-        (tmp / SFT_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
-    out_id = model_id(out)
-    _record(workspace, base_model, base_id, out, out_id, record, parents)
-    return SFTResult(out, out_id, reused=False, losses=losses)
+    dataset_id, given = (examples, ()) if isinstance(examples, str) else (None, tuple(examples))
+    stage = SFTStage(Path(base_model), dataset_id, config or SFTConfig(), given, on_step)
+    return SFTResult.from_record(workspace, run_stage(workspace, stage, executor))
 
 
 def _train(
@@ -278,28 +335,3 @@ class _LossLog(TrainerCallback):
         self.losses.append(round(float(logs["loss"]), 6))
         if self.on_step:
             self.on_step(state.global_step, self.total, self.losses[-1])
-
-
-def _record(
-    workspace: Workspace,
-    base_model: Path,
-    base_id: str,
-    out: Path,
-    out_id: str,
-    record: dict[str, Any],
-    parents: Mapping[str, str] | None,
-) -> None:
-    catalog = Catalog(workspace)
-    base_known = catalog.get(base_id) is not None
-    with catalog.batch() as batch:
-        if not base_known:
-            batch.record_artifact(
-                base_id, "model", uri=base_model.resolve().as_uri(), meta={"name": base_model.name}
-            )
-        batch.record_artifact(
-            out_id,
-            "model",
-            uri=out.as_uri(),
-            meta={"name": out.name, "made_by": "sft", "sft": record},
-            parents={base_id: "sft_from", **(parents or {})},
-        )

@@ -1,12 +1,21 @@
-"""`train(...)`: one DPOP training run from a dataset version and a model folder to a run folder.
+"""Training as a stage: `TrainStage` trains a model on a dataset version into a run folder.
 
     <ws>/runs/<run_id>/model/          save_pretrained model (or LoRA adapter) + tokenizer
-    <ws>/runs/<run_id>/checkpoint-*/   Trainer checkpoints (resume_from_checkpoint)
+    <ws>/runs/<run_id>/checkpoint-*/   Trainer checkpoints (a killed run resumes from the last whole one)
     <ws>/runs/<run_id>/metrics.jsonl   one JSON object per log event
     <ws>/runs/<run_id>/run.json        dataset, base and reference models, loss, config, code version, metrics
+    <ws>/runs/<run_id>/stage.json      the stage's record, written last: the run is complete
 
-Works the same under `python`, `accelerate launch` and `torchrun`: every rank runs this function;
-only the main process writes run.json, metrics and catalog records.
+The run id is `run-<hash>` of the dataset id, the start model's id (`dpop.model_io.model_artifact`: its
+content, or the id of the stage that made it), the reference model's id, `TrainConfig.identity()` and the
+number of processes (they set the global batch): the same inputs give the same run in any workspace,
+so training again reuses the finished run, and a run killed midway continues from its last complete
+checkpoint (checkpoints a kill left half-written are dropped first). The stage writes its folder in
+place (`in_place`); its record, written last, marks it complete.
+
+Works the same under `python`, `accelerate launch` and `torchrun`: every rank runs the stage (the id is
+content, so the same on every rank); only the main process writes run.json, metrics, the record and
+catalog rows. `train(...)` is the convenience entry.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +34,33 @@ from dpop.data import ShardDataset
 from dpop.model_io import (
     check_tokenizer,
     load_causal_lm,
-    model_id,
+    model_artifact,
     precision_for_training,
-    record_model,
     require_model_dir,
+    require_safetensors,
 )
-from dpop.refs import check_reference_precision
+from dpop.refs import check_reference_precision, dataset_artifact
 from pipeline.atomic import temporary_path, write_text_atomic
-from pipeline.catalog import Catalog
-from pipeline.identity import stable_hash
-from pipeline.shards import load_manifest
+from pipeline.shards import load_manifest, shard_paths
+from pipeline.stage import (
+    INLINE,
+    Artifact,
+    Executor,
+    Input,
+    Stage,
+    StageContext,
+    StageOutput,
+    StageRecord,
+    run_stage,
+    workspace_path,
+)
 from pipeline.version import code_version
 from pipeline.workspace import Workspace
 
 RUN_RECORD = "run.json"
 METRICS_FILE = "metrics.jsonl"
+MODEL_DIR = "model"
+TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last into a checkpoint
 
 
 @dataclass(frozen=True)
@@ -48,6 +69,227 @@ class TrainResult:
     run_dir: Path
     model_dir: Path
     final_metrics: dict[str, Any]
+    reused: bool = False  # the run had finished before: nothing was trained
+    resumed: bool = False  # a killed run continued from its last checkpoint
+
+    @classmethod
+    def from_record(cls, ws: Workspace, record: StageRecord) -> TrainResult:
+        return cls(
+            run_id=record.id,
+            run_dir=ws.root / record.folder,
+            model_dir=record.output("model").location(ws),
+            final_metrics=dict(record.summary.get("final_metrics") or {}),
+            reused=record.reused,
+            resumed=bool(record.summary.get("resumed")) and not record.reused,
+        )
+
+
+@dataclass(frozen=True)
+class _Data:
+    train: Any  # ShardDataset
+    eval: Any  # ShardDataset or None
+    stored_refs: bool
+
+
+def stored_reference(manifest: dict[str, Any]) -> Artifact | None:
+    """The model whose log-probs a dataset version stores (`dpop.refs`), or None."""
+    reference = manifest.get("reference_model")
+    if not reference:
+        return None
+    return Artifact(reference["id"], "model", reference.get("path"), meta={"dtype": reference.get("dtype")})
+
+
+@dataclass(frozen=True)
+class TrainStage(Stage):
+    """Train `model` (a folder) on `dataset_id` with `training` (a TrainConfig).
+
+    `reference`: the reference model (a folder, or an artefact such as `stored_reference(manifest)`):
+    the model whose log-probs the dataset stores, else the base (a frozen copy, or the base with the
+    LoRA adapter disabled); None means the base. It is checked against the dataset before training."""
+
+    name = "train"
+    id_prefix = "run"
+    in_place = True
+
+    dataset_id: str
+    model: Path
+    training: TrainConfig
+    reference: Path | Artifact | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model", require_model_dir(self.model))
+        if self.reference is not None and not isinstance(self.reference, Artifact):
+            object.__setattr__(self, "reference", require_model_dir(self.reference))
+
+    @cached_property
+    def base_artifact(self) -> Artifact:
+        return model_artifact(self.model)
+
+    @cached_property
+    def reference_artifact(self) -> Artifact:
+        if self.reference is None:
+            return self.base_artifact
+        if isinstance(self.reference, Artifact):
+            return self.reference
+        return model_artifact(self.reference)
+
+    def inputs(self) -> list[Input]:
+        return [
+            Input(dataset_artifact(self.dataset_id), "trained_on"),
+            Input(self.base_artifact, "base_model"),
+            Input(self.reference_artifact, "reference_model"),
+        ]
+
+    @cached_property
+    def _config(self) -> dict[str, Any]:
+        return {**self.training.identity(), "world_size": world_size()}
+
+    def config(self) -> dict[str, Any]:
+        return self._config
+
+    def folder(self, ws: Workspace) -> Path:
+        return ws.run_dir(self.id)
+
+    def label(self) -> str:
+        return f"train {self.training.loss}"
+
+    # --- checks ------------------------------------------------------------------------------------
+
+    def check(self, ws: Workspace) -> tuple[dict[str, Any], _Data]:
+        """What fails before any work, in one line: a missing or corrupt dataset, a tokenizer that is not
+        the shards' one, pickled weights, stored references of another precision or model."""
+        manifest = load_manifest(ws, self.dataset_id)
+        check_tokenizer(manifest, self.model)
+        require_safetensors(self.model)
+        for split in manifest.get("splits", {}):
+            shard_paths(ws, self.dataset_id, split)
+        data = _open_data(ws, self.dataset_id, manifest)
+        if data.stored_refs:  # the policy must start where the stored values were computed (dpop.refs)
+            check_reference_precision(manifest, precision_for_training(self.training))
+        self._check_reference(manifest, data.stored_refs)
+        return manifest, data
+
+    def _check_reference(self, manifest: dict[str, Any], stored_refs: bool) -> None:
+        reference, stored = self.reference_artifact, stored_reference(manifest)
+        if stored_refs and stored is not None and stored.id != reference.id:
+            raise ValueError(
+                f"dataset {self.dataset_id} holds the log-probs of reference model {stored.id} "
+                f"({stored.path}), not of {reference.id} ({reference.path}): pass that model as the reference"
+            )
+        if not stored_refs and reference.id != self.base_artifact.id:
+            raise ValueError(
+                f"reference model {reference.id} is not the base model and dataset {self.dataset_id} stores "
+                f"no log-probs: compute them first (`dpop refs --dataset {self.dataset_id} --model {reference.path}`)"
+            )
+
+    # --- the work ----------------------------------------------------------------------------------
+
+    def run(self, ctx: StageContext) -> StageOutput:
+        from accelerate import PartialState
+        from transformers import AutoTokenizer
+
+        manifest, data = self.check(ctx.ws)
+        config, run_dir = self.training, ctx.out
+        # accelerate picks gloo/MULTI_CPU only when told it runs on CPU; it is a process-wide singleton, so
+        # the first PartialState decides for the Trainer's Accelerator too.
+        on_cpu = config.use_cpu or not has_accelerator()
+        state = PartialState(cpu=on_cpu)
+        checkpoint = _resume_point(run_dir, state)
+        tokenizer = AutoTokenizer.from_pretrained(self.model, trust_remote_code=config.trust_remote_code)
+        trainer = self._trainer(run_dir, data, tokenizer, checkpoint, state, on_cpu)
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        final_metrics = dict(output.metrics)
+        final_metrics.update(_last_train_metrics(run_dir / METRICS_FILE) if state.is_main_process else {})
+        if data.eval is not None:
+            final_metrics.update(trainer.evaluate())
+        final_metrics = json.loads(json.dumps(final_metrics, default=float))
+        model_dir = _save_model(trainer, tokenizer, run_dir, state)
+        if state.is_main_process:
+            self._write_run_json(run_dir, model_dir, manifest, data.stored_refs, final_metrics)
+        state.wait_for_everyone()
+        return self._output(ctx, final_metrics, resumed=checkpoint is not None, steps=output.global_step)
+
+    def _trainer(
+        self, run_dir: Path, data: _Data, tokenizer: Any, checkpoint: Path | None, state: Any, on_cpu: bool
+    ) -> Any:
+        from dpop.logps import PairCollator
+        from dpop.trainer import DPOPTrainer
+
+        model, ref_model = _load_models(self.model, self.training, data.stored_refs)
+        return DPOPTrainer(
+            model=model,
+            args=_run_arguments(self.training, run_dir, on_cpu=on_cpu, has_eval=data.eval is not None),
+            train_dataset=data.train,
+            eval_dataset=data.eval,
+            data_collator=PairCollator(pad_token_id=_pad_token_id(tokenizer)),
+            processing_class=tokenizer,
+            callbacks=[_metrics_callback(run_dir, checkpoint, state)],
+            ref_model=ref_model,
+        )
+
+    def _write_run_json(
+        self,
+        run_dir: Path,
+        model_dir: Path,
+        manifest: dict[str, Any],
+        stored_refs: bool,
+        final_metrics: dict[str, Any],
+    ) -> None:
+        config, base = self.training, self.base_artifact
+        if stored_refs and manifest.get("reference_model"):
+            reference = {**manifest["reference_model"], "source": "log-probs stored in the dataset"}
+        else:
+            source = (
+                "base model with the LoRA adapter disabled" if config.uses_lora else "frozen copy of the base"
+            )
+            reference = {"id": base.id, "path": base.path, "source": source}
+        record = {
+            "run_id": self.id,
+            "dataset_id": self.dataset_id,
+            "base_model": {"id": base.id, "path": base.path},
+            "reference_model": reference,
+            "loss": {"name": config.loss, **config.loss_kwargs()},
+            "finetuning": "lora" if config.uses_lora else "full",
+            "config": config.as_dict(),
+            "code_version": code_version(),
+            "model_dir": str(model_dir),
+            "final_metrics": final_metrics,
+        }
+        text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
+        write_text_atomic(run_dir / RUN_RECORD, text)
+
+    def _output(
+        self, ctx: StageContext, final_metrics: dict[str, Any], resumed: bool, steps: int
+    ) -> StageOutput:
+        config = self.training
+        loss = {"name": config.loss, **config.loss_kwargs()}
+        finetuning = "lora" if config.uses_lora else "full"
+        run = Artifact(
+            self.id, "run", workspace_path(ctx.ws, ctx.folder), meta={"loss": loss, "finetuning": finetuning}
+        )
+        model = Artifact(
+            f"model-{self.id}",
+            "model",
+            ctx.path(MODEL_DIR),
+            meta={"role": "trained", "adapter": config.uses_lora, "base_model": self.base_artifact.id},
+            parents=((self.id, "produced"),),
+        )
+        return StageOutput(
+            outputs=[run, model],
+            counts={"steps": steps},
+            summary={
+                "final_metrics": final_metrics,
+                "model_path": ctx.path(MODEL_DIR),
+                "resumed": resumed,
+                "loss": loss,
+            },
+        )
+
+
+def world_size() -> int:
+    """Processes of this launch (torchrun and accelerate launch set WORLD_SIZE): they set the global
+    batch, so they are part of a run's identity."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def train(
@@ -55,66 +297,58 @@ def train(
     dataset_id: str,
     model_path: str | os.PathLike[str],
     config: TrainConfig | None = None,
-    run_id: str | None = None,
-    resume: bool = False,
+    reference: str | os.PathLike[str] | Artifact | None = None,
+    executor: Executor = INLINE,
 ) -> TrainResult:
-    """Train `model_path` on `dataset_id` with `config`; `resume=True` continues run `run_id` from its
-    last checkpoint (same data order, optimizer, scheduler and RNG state)."""
-    from accelerate import PartialState
-    from transformers import AutoTokenizer
-
-    from dpop.logps import PairCollator
-    from dpop.trainer import DPOPTrainer
-
-    config = config or TrainConfig()
+    """Train `model_path` on `dataset_id` with `config` through the stage runner: a finished run with the
+    same inputs is returned as it is (`reused`), a killed one continues from its last checkpoint
+    (`resumed`). The reference defaults to the model whose log-probs the dataset stores, else the base."""
     ws = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
-    model_path = require_model_dir(model_path)
+    config = config or TrainConfig()
     manifest = load_manifest(ws, dataset_id)
-    check_tokenizer(manifest, model_path)
+    if reference is None:
+        reference = stored_reference(manifest)
+    elif not isinstance(reference, Artifact):
+        reference = Path(reference)
+    stage = TrainStage(dataset_id, Path(model_path), config, reference)
+    stage.check(ws)  # before the run folder exists: a refused run leaves nothing behind
+    return TrainResult.from_record(ws, run_stage(ws, stage, executor))
+
+
+# --- pieces of the run --------------------------------------------------------------------------------
+
+
+def _open_data(ws: Workspace, dataset_id: str, manifest: dict[str, Any]) -> _Data:
     train_set = ShardDataset.open(ws, dataset_id, "train")
     if len(train_set) == 0:
         raise ValueError(f"dataset {dataset_id} has no train rows")
     eval_set = ShardDataset.open(ws, dataset_id, "eval") if "eval" in manifest.get("splits", {}) else None
     eval_set = eval_set if eval_set is not None and len(eval_set) else None
-    stored_refs = train_set.has_reference_logps() and (eval_set is None or eval_set.has_reference_logps())
-    if stored_refs:  # the policy must start where the stored values were computed (dpop.refs)
-        check_reference_precision(manifest, precision_for_training(config))
+    stored = train_set.has_reference_logps() and (eval_set is None or eval_set.has_reference_logps())
+    return _Data(train_set, eval_set, stored)
 
-    # accelerate picks gloo/MULTI_CPU only when told it runs on CPU; it is a process-wide singleton, so
-    # the first PartialState decides for the Trainer's Accelerator too.
-    on_cpu = config.use_cpu or not has_accelerator()
-    state = PartialState(cpu=on_cpu)
-    run_id = _resolve_run_id(ws, dataset_id, model_path, config, run_id, resume, state)
-    run_dir = ws.run_dir(run_id)
-    checkpoint = _last_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None:
-        raise FileNotFoundError(f"run {run_id} has no checkpoint-* folder in {run_dir} to resume from")
+
+def drop_unfinished_checkpoints(run_dir: Path) -> None:
+    """Remove checkpoint folders a killed run left half-written. The Trainer writes a checkpoint in place
+    and its trainer_state.json last, so a checkpoint without a readable one is not resumable."""
+    for checkpoint in run_dir.glob("checkpoint-*"):
+        try:
+            json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def _resume_point(run_dir: Path, state: Any) -> Path | None:
+    """The last complete checkpoint of a killed run, after the main process dropped unfinished ones."""
     if state.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        drop_unfinished_checkpoints(run_dir)
     state.wait_for_everyone()
+    return _last_checkpoint(run_dir)
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
-    model, ref_model = _load_models(model_path, config, stored_refs)
 
-    metrics_callback = _metrics_callback(run_dir, checkpoint, state)
-
-    trainer = DPOPTrainer(
-        model=model,
-        args=_run_arguments(config, run_dir, on_cpu=on_cpu, has_eval=eval_set is not None),
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        data_collator=PairCollator(pad_token_id=_pad_token_id(tokenizer)),
-        processing_class=tokenizer,
-        callbacks=[metrics_callback],
-        ref_model=ref_model,
-    )
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    final_metrics = {key: value for key, value in output.metrics.items()}
-    final_metrics.update(_last_train_metrics(run_dir / METRICS_FILE) if state.is_main_process else {})
-    if eval_set is not None:
-        final_metrics.update(trainer.evaluate())
-
-    model_dir = run_dir / "model"
+def _save_model(trainer: Any, tokenizer: Any, run_dir: Path, state: Any) -> Path:
+    """The trained model in `<run>/model/`, written to a temporary folder and renamed."""
+    model_dir = run_dir / MODEL_DIR
     staging = _staging_folder(model_dir, state)
     trainer.save_model(str(staging))  # all ranks: FSDP/DeepSpeed gather weights collectively
     state.wait_for_everyone()
@@ -126,20 +360,7 @@ def train(
         if model_dir.exists():
             shutil.rmtree(model_dir)
         os.replace(staging, model_dir)
-        _write_records(
-            ws,
-            run_id,
-            run_dir,
-            model_dir,
-            dataset_id,
-            manifest,
-            model_path,
-            config,
-            stored_refs,
-            final_metrics,
-        )
-    state.wait_for_everyone()
-    return TrainResult(run_id=run_id, run_dir=run_dir, model_dir=model_dir, final_metrics=final_metrics)
+    return model_dir
 
 
 def _staging_folder(model_dir: Path, state: Any) -> Path:
@@ -151,31 +372,6 @@ def _staging_folder(model_dir: Path, state: Any) -> Path:
     if state.num_processes > 1:
         broadcast_object_list(holder, from_process=0)
     return Path(holder[0])
-
-
-def _resolve_run_id(
-    ws: Workspace,
-    dataset_id: str,
-    model_path: Path,
-    config: TrainConfig,
-    run_id: str | None,
-    resume: bool,
-    state,
-) -> str:
-    from accelerate.utils import broadcast_object_list
-
-    if resume and not run_id:
-        raise ValueError("resume needs the run id of the run to continue (--run-id)")
-    if run_id is None:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        run_id = f"run-{stamp}-{stable_hash([dataset_id, str(model_path), config.identity()], 8)}"
-        holder = [run_id]
-        if state.num_processes > 1:
-            broadcast_object_list(holder, from_process=0)  # every rank must write to the same folder
-        run_id = holder[0]
-    if not resume and (ws.run_dir(run_id) / RUN_RECORD).exists():
-        raise ValueError(f"run {run_id} already exists in {ws.runs_dir}; pick another run id or resume it")
-    return run_id
 
 
 def _add_lora(model: Any, config: TrainConfig) -> Any:
@@ -236,7 +432,7 @@ def _run_arguments(config: TrainConfig, run_dir: Path, on_cpu: bool, has_eval: b
 
 def _eval_strategy(config: TrainConfig, has_eval: bool) -> str:
     """No eval split: no evaluation. Otherwise the file's eval_strategy, or "steps" when only
-    eval_steps is set (the end-of-training evaluation in train() happens either way)."""
+    eval_steps is set (the end-of-training evaluation in the stage happens either way)."""
     if not has_eval:
         return "no"
     chosen = getattr(config.eval_strategy, "value", config.eval_strategy)
@@ -266,60 +462,3 @@ def _last_train_metrics(path: Path) -> dict[str, Any]:
         if record.get("split") == "train":
             last = record
     return {key: value for key, value in last.items() if key not in ("split",)}
-
-
-def _write_records(
-    ws: Workspace,
-    run_id: str,
-    run_dir: Path,
-    model_dir: Path,
-    dataset_id: str,
-    manifest: dict[str, Any],
-    model_path: Path,
-    config: TrainConfig,
-    stored_refs: bool,
-    final_metrics: dict[str, Any],
-) -> None:
-    base_id = model_id(model_path)
-    reference = manifest.get("reference_model") if stored_refs else None
-    if reference is None:
-        reference = {
-            "id": base_id,
-            "path": str(model_path),
-            "source": "base model with the LoRA adapter disabled"
-            if config.uses_lora
-            else "frozen copy of the base",
-        }
-    else:
-        reference = {**reference, "source": "log-probs stored in the dataset"}
-    record = {
-        "run_id": run_id,
-        "dataset_id": dataset_id,
-        "base_model": {"id": base_id, "path": str(model_path)},
-        "reference_model": reference,
-        "loss": {"name": config.loss, **config.loss_kwargs()},
-        "finetuning": "lora" if config.uses_lora else "full",
-        "config": config.as_dict(),
-        "code_version": code_version(),
-        "model_dir": str(model_dir),
-        "final_metrics": final_metrics,
-    }
-    write_text_atomic(run_dir / RUN_RECORD, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
-    with Catalog(ws).batch() as catalog:
-        record_model(catalog, model_path, role="base", identifier=base_id)
-        catalog.record_artifact(
-            run_id,
-            "run",
-            uri=str(run_dir),
-            meta={key: record[key] for key in ("loss", "finetuning", "code_version")},
-            parents={dataset_id: "trained_on", base_id: "base_model"},
-        )
-        # A separate edge: with the base as its own reference, one parent has two relations.
-        catalog.record_edge(reference["id"], run_id, "reference_model")
-        catalog.record_artifact(
-            f"model-{run_id}",
-            "model",
-            uri=str(model_dir),
-            meta={"role": "trained", "adapter": config.uses_lora, "base_model": base_id},
-            parents={run_id: "produced"},
-        )

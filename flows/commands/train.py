@@ -43,14 +43,11 @@ def train(
         float | None, typer.Option("--epochs", help="Epochs (when --max-steps is not set).")
     ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Pairs per device per step.")] = None,
-    run_id: Annotated[
-        str | None, typer.Option("--run-id", help="Run folder name (default: timestamp + hash).")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue --run-id from its last checkpoint.")
-    ] = False,
 ) -> None:
-    """Train a model on a dataset version with DPO-Positive (or DPO/IPO/rDPO/hinge); write <ws>/runs/<run_id>/."""
+    """Train a model on a dataset version with DPO-Positive (or DPO/IPO/rDPO/hinge); write <ws>/runs/<run_id>/.
+
+    The run id is a hash of the dataset, the model, the reference and the training config: the same
+    command again reuses the finished run, and a run that was killed continues from its last checkpoint."""
     with clean_errors():
         from dpop.config import TrainConfig
         from dpop.train import train as run_training
@@ -67,10 +64,12 @@ def train(
             num_train_epochs=epochs,
             per_device_train_batch_size=batch_size,
         )
-        result = run_training(
-            writable_workspace(workspace), dataset, model, train_config, run_id=run_id, resume=resume
-        )
+        result = run_training(writable_workspace(workspace), dataset, model, train_config)
         print_final_metrics(result.final_metrics)
+        if result.reused:
+            console.print(f"run {result.run_id} had finished with these inputs: reused, nothing trained")
+        elif result.resumed:
+            console.print(f"run {result.run_id} was interrupted before: resumed from its last checkpoint")
         console.print(f"model saved in {result.model_dir}")
         console.print(result.run_id, highlight=False, markup=False)
 

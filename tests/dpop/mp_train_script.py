@@ -1,10 +1,12 @@
 """Run by test_multiprocess.py (under `accelerate launch` or plain python): one small training run.
 
-argv: workspace dataset model run_id batch steps gradients_dir. The gradient the optimizer is handed at
-step 1 (after the all-reduce across ranks, before the update) is saved by rank 0 to
-`<gradients_dir>/step1.safetensors`, keyed `<param group>.<index>` (the same order in every set-up),
-through torch's global optimizer hook: the training itself runs unchanged."""
+argv: workspace dataset model batch steps out_dir. The gradient the optimizer is handed at step 1 (after
+the all-reduce across ranks, before the update) is saved by rank 0 to `<out_dir>/step1.safetensors`,
+keyed `<param group>.<index>` (the same order in every set-up), through torch's global optimizer hook:
+the training itself runs unchanged. Each rank then writes `<out_dir>/rank-<rank>.json`: the run id it
+got and whether the stage runner's main process (RANK) and accelerate's agree about it."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -14,8 +16,9 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from dpop.config import TrainConfig
 from dpop.train import train
+from pipeline.stage import is_main_process
 
-workspace, dataset_id, model_path, run_id, batch, steps, gradients_dir = sys.argv[1:8]
+workspace, dataset_id, model_path, batch, steps, gradients_dir = sys.argv[1:7]
 steps_seen = []
 
 
@@ -43,4 +46,10 @@ config = TrainConfig(
     save_steps=1000,
     disable_tqdm=True,
 )
-train(workspace, dataset_id, model_path, config, run_id=run_id)
+result = train(workspace, dataset_id, model_path, config)
+
+from accelerate import PartialState  # noqa: E402 (after training: the Trainer set the state up)
+
+state = PartialState()
+report = {"run_id": result.run_id, "runner_main": is_main_process(), "accelerate_main": state.is_main_process}
+(Path(gradients_dir) / f"rank-{state.process_index}.json").write_text(json.dumps(report))

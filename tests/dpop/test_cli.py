@@ -53,12 +53,20 @@ def test_tiny_refs_train(workspace, tiny_model_dir, tmp_path):
     )
     result = invoke(
         "train", "-w", workspace.root, "--dataset", ref_id, "--model", tiny_model_dir,
-        "--config", yaml_path, "--max-steps", 2, "--penalty-lambda", 5, "--run-id", "cli-run",
+        "--config", yaml_path, "--max-steps", 2, "--penalty-lambda", 5,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert result.output.strip().splitlines()[-1] == "cli-run"
-    record = json.loads((workspace.run_dir("cli-run") / "run.json").read_text())
+    run_id = result.output.strip().splitlines()[-1]
+    assert run_id.startswith("run-") and "reused" not in result.output
+    record = json.loads((workspace.run_dir(run_id) / "run.json").read_text())
     assert record["config"]["penalty_lambda"] == 5.0 and record["config"]["max_steps"] == 2
+
+    again = invoke(
+        "train", "-w", workspace.root, "--dataset", ref_id, "--model", tiny_model_dir,
+        "--config", yaml_path, "--max-steps", 2, "--penalty-lambda", 5,
+    )  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert again.output.strip().splitlines()[-1] == run_id and f"run {run_id} had finished" in again.flat
 
 
 def test_errors_are_one_line(workspace, tiny_model_dir, tmp_path):

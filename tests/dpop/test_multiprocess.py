@@ -85,11 +85,18 @@ def test_two_processes_match_one_process_with_double_batch(workspace, tiny_model
         workspace, write_dataset(workspace, tiny_model_dir, train=32), tiny_model_dir, progress=False
     )
     common = [str(workspace.root), dataset_id, str(tiny_model_dir)]
-    launch([*common, "two-procs", "2", "4", str(tmp_path / "two")], processes=2)
-    launch([*common, "one-proc", str(GLOBAL_BATCH), "4", str(tmp_path / "one")], processes=1)
+    launch([*common, "2", "4", str(tmp_path / "two")], processes=2)
+    launch([*common, str(GLOBAL_BATCH), "4", str(tmp_path / "one")], processes=1)
 
-    two = train_events(workspace.run_dir("two-procs"))
-    one = train_events(workspace.run_dir("one-proc"))
+    # every rank ran the stage under the same (content) run id; the runner's main process is accelerate's
+    ranks = [json.loads((tmp_path / "two" / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0]["run_id"] == ranks[1]["run_id"]
+    assert [(r["runner_main"], r["accelerate_main"]) for r in ranks] == [(True, True), (False, False)]
+    two_procs = ranks[0]["run_id"]
+    one_proc = json.loads((tmp_path / "one" / "rank-0.json").read_text())["run_id"]
+    assert one_proc != two_procs  # another world size and batch: another run
+    two = train_events(workspace.run_dir(two_procs))
+    one = train_events(workspace.run_dir(one_proc))
     # rank 0 alone writes the metrics: no duplicated events
     assert [event["step"] for event in two] == [event["step"] for event in one] == [1, 2, 3, 4]
     for ours, theirs in zip(two, one, strict=True):  # the same rows at every step
@@ -110,5 +117,8 @@ def test_two_processes_match_one_process_with_double_batch(workspace, tiny_model
             f"u·max|g|, more than {token_terms * EPS / UNIT_ROUNDOFF:.0f}"
         )
 
-    assert len([a for a in Catalog(workspace).find("run") if a.id == "two-procs"]) == 1
-    assert (workspace.run_dir("two-procs") / "run.json").is_file()
+    assert len([a for a in Catalog(workspace).find("run") if a.id == two_procs]) == 1
+    assert (workspace.run_dir(two_procs) / "run.json").is_file()
+    events = [json.loads(line) for line in workspace.lineage_events_path.read_text().splitlines()]
+    train_events_of_two = [e["eventType"] for e in events if e["job"]["name"] == "train"][:2]
+    assert train_events_of_two == ["START", "COMPLETE"]  # rank 0 alone published the two-process run

@@ -36,7 +36,6 @@ def test_refs_and_train_on_shards_built_from_real_data(workspace, shared_data, t
         TrainConfig(
             max_steps=3, per_device_train_batch_size=4, logging_steps=1, learning_rate=1e-3, disable_tqdm=True
         ),
-        run_id="real",
     )
     events = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e["split"] == "train"] == [1, 2, 3]

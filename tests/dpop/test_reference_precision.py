@@ -51,7 +51,7 @@ def test_log_ratio_is_zero_at_the_first_step(workspace, tiny_model_dir, mixed):
     refs_id = compute_reference_logps(workspace, dataset_id, tiny_model_dir, progress=False, dtype=precision)
     assert load_manifest(workspace, refs_id)["reference_model"]["dtype"] == precision.label
 
-    step = first_step(train(workspace, refs_id, tiny_model_dir, config, run_id="zero").run_dir)
+    step = first_step(train(workspace, refs_id, tiny_model_dir, config).run_dir)
     log_ratio = step["rewards/chosen"] / BETA
     assert abs(log_ratio) <= sum_tolerance(workspace, refs_id), step
 
@@ -95,12 +95,12 @@ def test_training_refuses_references_of_another_precision(workspace, tiny_model_
         workspace, dataset_id, tiny_model_dir, progress=False, dtype="float32+autocast-bfloat16"
     )
     with pytest.raises(ValueError) as refused:
-        train(workspace, refs_id, tiny_model_dir, one_step_config(), run_id="mismatch")
+        train(workspace, refs_id, tiny_model_dir, one_step_config())
     message = str(refused.value)
     assert "\n" not in message
     assert "float32+autocast-bfloat16" in message and "trains in float32" in message
     assert f"dpop refs --dataset {dataset_id} --model {tiny_model_dir} --dtype float32" in message
-    assert not workspace.run_dir("mismatch").exists()  # refused before anything was written
+    assert not workspace.runs_dir.exists()  # refused before anything was written
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="no bf16 on this CPU")

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from dpop.model_io import model_id
 from dpop.sft import SFTConfig, _batch, examples_from_pairs, warm_up
 from pipeline.catalog import Catalog
+from pipeline.stage import read_record
 from pipeline.synth_math import generate_pairs
 from pipeline.tiny_tokenizer import train_tiny_tokenizer
 
@@ -77,8 +78,9 @@ def test_warm_up_learns_saves_and_is_reused(workspace, tiny_base: Path) -> None:
         trained = float(reloaded(**batch).loss)
         base = float(AutoModelForCausalLM.from_pretrained(str(tiny_base))(**batch).loss)
     assert trained < 0.7 * base
-    record = json.loads((result.model_dir / "sft.json").read_text())
-    assert record["examples"] == 64 and record["config"]["steps"] == 30
+    record = read_record(result.model_dir)  # the stage's record, in the model folder
+    assert record.summary["examples"] == 64 and record.config["settings"]["steps"] == 30
+    assert result.model_id == f"model-{record.id}" == model_id(result.model_dir)
 
     again = warm_up(workspace, tiny_base, examples, config)
     assert again.reused and again.model_dir == result.model_dir and again.model_id == result.model_id
@@ -93,8 +95,8 @@ def test_warm_up_learns_saves_and_is_reused(workspace, tiny_base: Path) -> None:
 def test_same_inputs_in_two_workspaces_give_the_same_folder_and_model(
     tmp_path: Path, tiny_base: Path
 ) -> None:
-    """The key hashes the base model's files, not its path; sft.json holds no path either, so the
-    same warm-up in another workspace, from a copy of the base elsewhere, is the same model."""
+    """The id hashes the base model's files, not its path, so the same warm-up in another workspace,
+    from a byte-identical copy of the base elsewhere, is the same model."""
     import shutil
 
     from pipeline.workspace import Workspace
@@ -109,4 +111,5 @@ def test_same_inputs_in_two_workspaces_give_the_same_folder_and_model(
     first, second = results
     assert first.model_dir.name == second.model_dir.name and first.model_dir != second.model_dir
     assert first.model_id == second.model_id and first.losses == second.losses
-    assert str(tmp_path) not in (first.model_dir / "sft.json").read_text()
+    config = read_record(first.model_dir).config
+    assert str(tmp_path) not in str(config)

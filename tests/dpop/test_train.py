@@ -52,9 +52,11 @@ def read_metrics(run_dir) -> list[dict]:
 def test_train_with_stored_reference_logps(workspace, tiny_model_dir):
     dataset_id = write_dataset(workspace, tiny_model_dir)
     ref_dataset = compute_reference_logps(workspace, dataset_id, tiny_model_dir, progress=False)
-    result = train(workspace, ref_dataset, tiny_model_dir, small_config(penalty_lambda=5.0), run_id="run-a")
+    result = train(workspace, ref_dataset, tiny_model_dir, small_config(penalty_lambda=5.0))
 
-    assert result.run_dir == workspace.run_dir("run-a")
+    run_id = result.run_id
+    assert run_id.startswith("run-") and result.run_dir == workspace.run_dir(run_id)
+    assert not result.reused and not result.resumed
     assert (result.model_dir / "model.safetensors").is_file()
     assert (result.model_dir / "tokenizer.json").is_file()
     assert not list(result.model_dir.glob("*.bin"))
@@ -87,20 +89,23 @@ def test_train_with_stored_reference_logps(workspace, tiny_model_dir):
     assert record["final_metrics"]["eval_loss"] > 0 and record["code_version"]
 
     catalog = Catalog(workspace)
-    parents = dict((relation, parent) for parent, relation in catalog.parents("run-a"))
+    parents = dict((relation, parent) for parent, relation in catalog.parents(run_id))
     assert parents["trained_on"] == ref_dataset
     assert parents["base_model"].startswith("model-")
     assert parents["reference_model"] == record["reference_model"]["id"]
-    assert catalog.parents("model-run-a") == [("run-a", "produced")]
+    assert catalog.parents(f"model-{run_id}") == [(run_id, "produced")]
 
-    with pytest.raises(ValueError, match="already exists"):
-        train(workspace, ref_dataset, tiny_model_dir, small_config(), run_id="run-a")
+    # the same inputs again: the finished run is reused, nothing is trained or written
+    stamp = (result.run_dir / "run.json").stat().st_mtime_ns
+    again = train(workspace, ref_dataset, tiny_model_dir, small_config(penalty_lambda=5.0))
+    assert again.reused and again.run_id == run_id and again.final_metrics == result.final_metrics
+    assert (result.run_dir / "run.json").stat().st_mtime_ns == stamp
 
 
 def test_lora_without_stored_refs_uses_base_with_adapter_disabled(workspace, tiny_model_dir):
     dataset_id = write_dataset(workspace, tiny_model_dir)
     config = small_config(lora_r=4, lora_alpha=8, max_steps=3, learning_rate=5e-3)
-    result = train(workspace, dataset_id, tiny_model_dir, config, run_id="lora")
+    result = train(workspace, dataset_id, tiny_model_dir, config)
     events = [e for e in read_metrics(result.run_dir) if e["split"] == "train"]
     # A fresh adapter (B = 0) leaves the policy equal to its base: exact zero rewards at step 1 ...
     assert events[0]["rewards/chosen"] == 0.0 and events[0]["rewards/rejected"] == 0.0
@@ -114,16 +119,14 @@ def test_lora_without_stored_refs_uses_base_with_adapter_disabled(workspace, tin
 
 def test_full_finetuning_without_refs_uses_a_frozen_copy(workspace, tiny_model_dir):
     dataset_id = write_dataset(workspace, tiny_model_dir)
-    result = train(
-        workspace, dataset_id, tiny_model_dir, small_config(max_steps=2, eval_steps=None), run_id="full"
-    )
+    result = train(workspace, dataset_id, tiny_model_dir, small_config(max_steps=2, eval_steps=None))
     events = [e for e in read_metrics(result.run_dir) if e["split"] == "train"]
     assert events[0]["rewards/chosen"] == 0.0
     record = json.loads((result.run_dir / "run.json").read_text())
     assert record["reference_model"]["source"] == "frozen copy of the base"
     # the frozen reference still gives the base model's log-probs at the end (compare with stored refs)
     ref_dataset = compute_reference_logps(workspace, dataset_id, tiny_model_dir, progress=False)
-    stored = train(workspace, ref_dataset, tiny_model_dir, small_config(max_steps=2), run_id="stored")
+    stored = train(workspace, ref_dataset, tiny_model_dir, small_config(max_steps=2))
     stored_events = [e for e in read_metrics(stored.run_dir) if e["split"] == "train"]
     for ours, theirs in zip(events, stored_events, strict=True):
         assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-5)
@@ -135,17 +138,19 @@ def test_resume_continues_exactly(workspace, tiny_model_dir):
         workspace, write_dataset(workspace, tiny_model_dir, train=40), tiny_model_dir, progress=False
     )
     config = small_config(max_steps=6, save_steps=3, per_device_train_batch_size=4)
-    straight = train(workspace, dataset_id, tiny_model_dir, config, run_id="straight")
+    straight = train(workspace, dataset_id, tiny_model_dir, config)
     straight_weights = load_file(straight.model_dir / "model.safetensors")
     straight_losses = [e["loss"] for e in read_metrics(straight.run_dir) if e["split"] == "train"]
 
-    # The same run, killed after its step-3 checkpoint: remove what it wrote after that, then resume.
-    run_dir = workspace.run_dir("resumed")
-    shutil.copytree(straight.run_dir, run_dir)
-    for name in ("checkpoint-6", "model", "run.json"):
+    # The same run, killed after its step-3 checkpoint while writing its step-6 one: remove what it
+    # wrote after step 3 and leave a half-written checkpoint-6 (no trainer_state.json, written last).
+    run_dir = straight.run_dir
+    for name in ("model", "run.json", "stage.json"):
         path = run_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    resumed = train(workspace, dataset_id, tiny_model_dir, config, run_id="resumed", resume=True)
+    (run_dir / "checkpoint-6" / "trainer_state.json").unlink()
+    resumed = train(workspace, dataset_id, tiny_model_dir, config)  # the same run id: it resumes
+    assert resumed.run_id == straight.run_id and resumed.resumed and not resumed.reused
     resumed_losses = [e["loss"] for e in read_metrics(resumed.run_dir) if e["split"] == "train"]
     assert len(resumed_losses) == 6  # metrics of steps 1-3 kept, 4-6 replayed once
     assert resumed_losses == pytest.approx(straight_losses, abs=1e-5)
@@ -166,8 +171,4 @@ def test_clear_errors(workspace, tiny_model_dir, tmp_path):
         train(workspace, dataset_id, tmp_path / "no-model", small_config())
     with pytest.raises(RuntimeError, match="not found"):
         train(workspace, "no-such-dataset", tiny_model_dir, small_config())
-    good = write_dataset(workspace, tiny_model_dir, dataset_id="good")
-    with pytest.raises(ValueError, match="resume needs the run id"):
-        train(workspace, good, tiny_model_dir, small_config(), resume=True)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        train(workspace, good, tiny_model_dir, small_config(), run_id="never-ran", resume=True)
+    assert not workspace.runs_dir.exists()  # every refusal came before a run folder was made

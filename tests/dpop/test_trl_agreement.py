@@ -71,7 +71,7 @@ def test_dpo_losses_match_trl(workspace, tiny_model_dir, tmp_path):
         optim="adamw_torch",
         **SHARED,
     )
-    result = train(workspace, dataset_id, tiny_model_dir, config, run_id="ours")
+    result = train(workspace, dataset_id, tiny_model_dir, config)
     events = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     ours = [event["loss"] for event in events if event["split"] == "train"]
     theirs = trl_losses(workspace, dataset_id, tiny_model_dir, tmp_path)
