@@ -239,7 +239,7 @@ def bench_tokenizer(seeds: list[dict], out: Path, vocab_size: int) -> Path:
     vocabulary it needs about 3.2 characters a token on this data, close to a real LLM tokenizer
     (3-4 on English); the 512-token test tokenizer needs 1.8, almost twice the tokens, which inflates
     the Rust tokenizer's share of both sides."""
-    from pipeline.tiny_tokenizer import train_tiny_tokenizer
+    from demo.tiny_tokenizer import train_tiny_tokenizer
 
     return train_tiny_tokenizer(tokenizer_texts(seeds), out, vocab_size=vocab_size)
 

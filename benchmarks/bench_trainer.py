@@ -52,12 +52,12 @@ def prepare(args: argparse.Namespace, root: Path) -> dict:
     """Ingest, build, cut to `pairs` train rows, make the tiny model, store reference log-probs."""
     import pyarrow as pa
 
+    from demo.tiny_model import make_tiny_model
+    from demo.tiny_tokenizer import train_tiny_tokenizer
     from dpop.refs import compute_reference_logps
-    from dpop.tiny_model import make_tiny_model
     from pipeline.build import build_dataset
     from pipeline.ingest import ingest_source
     from pipeline.shards import load_manifest, open_split, write_manifest, write_split
-    from pipeline.tiny_tokenizer import train_tiny_tokenizer
     from pipeline.workspace import Workspace
 
     ws = Workspace.open(root / "ws")
@@ -67,7 +67,7 @@ def prepare(args: argparse.Namespace, root: Path) -> dict:
         for path in sources:
             ingest_source(path, ws)
     else:
-        from pipeline.synth_math import write_math_pairs
+        from demo.synth_math import write_math_pairs
 
         data_source = "synthetic maths pairs (../shared/data absent)"
         ingest_source(write_math_pairs(root / "synthetic.jsonl", int(args.pairs * 1.3), seed=0), ws)

@@ -6,7 +6,7 @@ DPO can raise its reward margin while *lowering* log πθ(y_w|x), chiefly on the
 edit. We train the same reference policy (a tiny Llama warmed up with SFT on the chosen answers) with
 DPO (λ = 0) and DPOP (λ = 5, λ = 50), same seed, batches and steps, on
 
-  * the synthetic MetaMath-style pairs (`pipeline.synth_math`: one intermediate result corrupted), and
+  * the synthetic MetaMath-style pairs (`demo.synth_math`: one intermediate result corrupted), and
   * the real GSM8K pairs from `../shared/data/openai_grade-school-math/example_model_solutions.jsonl`
     (ground truth vs a wrong model solution, lowest edit ratios first), when that folder is present,
 
@@ -38,10 +38,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from demo.synth_math import generate_pairs  # noqa: E402
+from demo.tiny_tokenizer import train_tiny_tokenizer  # noqa: E402
 from dpop.losses import dpop_loss  # noqa: E402
 from dpop.sft import Example, SFTConfig, examples_from_pairs, warm_up  # noqa: E402
-from pipeline.synth_math import generate_pairs  # noqa: E402
-from pipeline.tiny_tokenizer import train_tiny_tokenizer  # noqa: E402
 from pipeline.workspace import Workspace  # noqa: E402
 
 SHARED = Path(os.environ.get("DPOP_SHARED_DATA", ROOT.parent / "shared" / "data"))

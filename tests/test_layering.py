@@ -1,6 +1,7 @@
-"""The layering of ARCHITECTURE.md, checked on what each layer actually imports: `pipeline` never
-loads torch or prefect (data work starts fast and runs where no GPU is), `dpop` never loads prefect
-(the trainer runs under `accelerate launch` / `torchrun` on its own)."""
+"""The layering of docs/architecture.md, checked on what each layer actually imports: `pipeline` never
+loads torch or prefect (data work starts fast and runs where no GPU is), `dpop` and `demo` never load
+prefect (the trainer runs under `accelerate launch` / `torchrun` on its own), and neither `pipeline`
+nor `dpop` loads the embedded demo (`demo` sits above them, below `flows`)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,11 @@ def _loaded_after_import(modules: list[str], forbidden: list[str]) -> list[str]:
 
 @pytest.mark.parametrize(
     ("package", "forbidden"),
-    [("pipeline", ["torch", "prefect"]), ("dpop", ["prefect"])],
+    [
+        ("pipeline", ["torch", "prefect", "demo"]),
+        ("dpop", ["prefect", "demo"]),
+        ("demo", ["prefect"]),
+    ],
 )
 def test_layer_does_not_load_forbidden_libraries(package, forbidden):
     modules = _modules(package)

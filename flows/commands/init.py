@@ -16,7 +16,7 @@ def init(
 ) -> None:
     """Write a commented default config (data, tiny model, SFT warm-up, curation, training)."""
     with clean_errors():
-        from dpop.run_config import DEFAULT_CONFIG_YAML
+        from demo.defaults import DEFAULT_CONFIG_YAML
         from pipeline.atomic import write_text_atomic
 
         if path.exists() and not force:

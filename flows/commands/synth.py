@@ -23,7 +23,7 @@ def math(
     """Arithmetic word problems with step-by-step answers; the rejected copy has one intermediate
     result wrong and the same final answer (as in the Smaug paper's MetaMath pairs)."""
     with clean_errors():
-        from pipeline.synth_math import write_math_pairs
+        from demo.synth_math import write_math_pairs
 
         path = write_math_pairs(out, n, seed)
         console.print(f"wrote {n} pairs to [bold]{path}[/] (seed {seed}); ingest with `dpop ingest {path}`")

@@ -35,8 +35,8 @@ def synthetic_pairs(count: int, seed: int = 0) -> list[tuple[str, str, str]]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from dpop.tiny_model import make_tiny_model
-    from pipeline.tiny_tokenizer import train_tiny_tokenizer
+    from demo.tiny_model import make_tiny_model
+    from demo.tiny_tokenizer import train_tiny_tokenizer
 
     root = tmp_path_factory.mktemp("tiny")
     texts = [" ".join(pair) for pair in synthetic_pairs(200, seed=99)]

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import TrainingArguments
 
+from demo.defaults import load_run_config, run_config_class
 from dpop.config import NOT_IN_IDENTITY, TrainConfig, has_accelerator
-from dpop.run_config import load_run_config, run_config_class
 from dpop.sft import SFTConfig, SFTSettings
 from pipeline.config import ConfigError, numeric_fields, spec_of
 from pipeline.curate.config import Split, Tokenize

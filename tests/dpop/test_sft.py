@@ -8,12 +8,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from demo.synth_math import generate_pairs
+from demo.tiny_tokenizer import train_tiny_tokenizer
 from dpop.model_io import model_id
 from dpop.sft import SFTConfig, _batch, examples_from_pairs, warm_up
 from pipeline.catalog import Catalog
 from pipeline.stage import read_record
-from pipeline.synth_math import generate_pairs
-from pipeline.tiny_tokenizer import train_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from dpop.run_config import DEFAULT_CONFIG_YAML, load_run_config
+from demo.defaults import DEFAULT_CONFIG_YAML, load_run_config
 from flows.cli import app
 
 

@@ -8,9 +8,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from demo.synth_math import write_math_pairs
 from pipeline.build import build_dataset
 from pipeline.ingest import ingest_source
-from pipeline.synth_math import write_math_pairs
 from pipeline.workspace import Workspace
 
 MIT = """MIT License
@@ -77,7 +77,7 @@ def write_sources(root: Path) -> tuple[Path, Path]:
 
 
 def build_small_dataset(root: Path) -> SmallDataset:
-    from pipeline.tiny_tokenizer import train_tiny_tokenizer
+    from demo.tiny_tokenizer import train_tiny_tokenizer
 
     ws = Workspace.open(root / "ws")
     math_file, chat_file = write_sources(root)
@@ -90,6 +90,6 @@ def build_small_dataset(root: Path) -> SmallDataset:
 
 
 def tiny_model(dataset: SmallDataset, out: Path) -> Path:
-    from dpop.tiny_model import make_tiny_model
+    from demo.tiny_model import make_tiny_model
 
     return make_tiny_model(dataset.tokenizer, out, num_layers=2, hidden_size=32, num_heads=2)

@@ -71,7 +71,7 @@ MATH_TEXTS = [
 
 
 def tiny_tokenizer(folder: Path) -> Path:
-    """A tiny byte-level BPE with the ChatML-like template (see pipeline.tiny_tokenizer)."""
-    from pipeline.tiny_tokenizer import train_tiny_tokenizer
+    """A tiny byte-level BPE with the ChatML-like template (see demo.tiny_tokenizer)."""
+    from demo.tiny_tokenizer import train_tiny_tokenizer
 
     return train_tiny_tokenizer(MATH_TEXTS * 4, folder, vocab_size=300)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from pipeline.tiny_tokenizer import default_tokenizer_texts, train_tiny_tokenizer
+from demo.tiny_tokenizer import default_tokenizer_texts, train_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""`dpop.yaml`: one file configuring `dpop run` (data, tiny model, SFT warm-up, curation, training).
+"""The demo's `dpop.yaml`: one file configuring `dpop run` (data, tiny model, SFT warm-up, curation,
+training).
 
 The commented default below is both what `dpop init` writes and the defaults `dpop run` uses, so the
 two never drift apart. The file is read by the one config loader (`pipeline.config`) into `RunConfig`,
