@@ -355,38 +355,34 @@ def _license_field(licenses: list[str]) -> str | list[str]:
 
 def dataset_card(
     lineage: DatasetLineage,
-    data_files: Mapping[str, str] | None,
     style: str,
     split_rows: Mapping[str, int],
+    split_bytes: Mapping[str, int],
     load_instructions: str,
 ) -> str:
-    """README.md of an export: front matter (licences, splits, task, size) and the sections above.
-
-    `data_files` maps each split to the path pattern of its files (the `configs` that `load_dataset(DIR)`
-    reads), or None for a `save_to_disk` folder; `split_rows` the rows per exported split."""
+    """README.md of an export: front matter (licences, splits with their sizes, task, size category) and
+    the sections above. No `configs`: the split files are found by their names (`train…`, `test…`), and
+    `datasets` keys its cache of a local folder with configs by the configs alone, not the files' dates,
+    so a folder exported again would load its old rows from the cache."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    configs = None
-    if data_files:
-        configs = [
-            {
-                "config_name": "default",
-                "data_files": [{"split": split, "path": pattern} for split, pattern in data_files.items()],
-            }
-        ]
+    splits = [
+        {"name": name, "num_bytes": split_bytes.get(name, 0), "num_examples": rows}
+        for name, rows in split_rows.items()
+    ]
     card_data = DatasetCardData(
         license=_license_field(lineage.licenses),
         task_categories=["text-generation"],
         tags=["dpo", "preference", "trl", "dpop"],
         size_categories=[_size_category(lineage.rows)],
         pretty_name=f"dpop dataset {lineage.dataset_id}",
-        configs=configs,
+        dataset_info={"splits": splits},
     )
-    splits = ", ".join(f"`{name}` {_count(rows)}" for name, rows in split_rows.items())
+    shown = ", ".join(f"`{name}` {_count(rows)}" for name, rows in split_rows.items())
     body = "\n\n".join(
         [
             f"# dpop dataset `{lineage.dataset_id}`",
-            f"Preference pairs kept by dpop's curation, in TRL's {_STYLES[style]} format. Splits: {splits} "
+            f"Preference pairs kept by dpop's curation, in TRL's {_STYLES[style]} format. Splits: {shown} "
             "(`test` is dpop's eval split: held out by prompt, so no prompt is on both sides). Extra columns: "
             "`pair_id`, `source` and the scores (`chosen_score`, `rejected_score`, `score_margin`, "
             "`edit_distance`, `edit_ratio`).",

@@ -15,7 +15,13 @@ from dpop.config import TrainConfig
 from dpop.train import train
 from tests.pipeline._export_data import build_small_dataset, tiny_model
 
-DPOP_METRICS = {"rewards/margins", "rewards/accuracies", "logps/chosen", "dpop/penalty", "dpop/penalty_active"}
+DPOP_METRICS = {
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "dpop/penalty",
+    "dpop/penalty_active",
+}
 
 
 @pytest.fixture(scope="module")
