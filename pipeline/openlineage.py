@@ -3,7 +3,9 @@
 Where events go is decided by openlineage-python's own configuration (an `openlineage.yml` found
 through `OPENLINEAGE_CONFIG`, the working directory or `~/.openlineage`; `OPENLINEAGE__TRANSPORT__*`
 or `OPENLINEAGE_URL` variables; `OPENLINEAGE_DISABLED=true`). Only when none of those is set do events
-go to the workspace's JSONL file, `<ws>/lineage/events.jsonl`, one event per line.
+go to the workspace's JSONL file, `<ws>/lineage/events.jsonl`, one event per line. An event the configured
+transport fails to deliver (an HTTP endpoint down, after its retries) does not fail the stage: it is kept
+in `<ws>/lineage/undelivered.jsonl` with a warning (docs/ecosystem.md: sending them again).
 
 Datasets are files and folders (namespace `file`) with a schema facet from their data contract and
 row counts (`dataQualityMetrics` on inputs, `outputStatistics` on outputs); a run's `parent` facet
@@ -13,6 +15,7 @@ names the flow run that ran it (a Prefect flow run when there is one).
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import threading
 import traceback
@@ -40,6 +43,8 @@ from pipeline.contracts import load_contract
 from pipeline.workspace import Workspace
 
 PRODUCER = "https://github.com/dpop-project/dpop"
+UNDELIVERED = "undelivered.jsonl"
+log = logging.getLogger(__name__)
 DATASET_NAMESPACE = "file"
 set_producer(PRODUCER)
 
@@ -202,4 +207,28 @@ def emit(
         outputs=[_output(r) for r in outputs],
         producer=PRODUCER,
     )
-    lineage_client(ws).emit(event)
+    try:
+        lineage_client(ws).emit(event)
+    except Exception as error:  # an endpoint that is down or refuses must not stop the data work
+        _keep_undelivered(ws, event, error)
+
+
+def _keep_undelivered(ws: Workspace, event: RunEvent, error: Exception) -> None:
+    """Append an event the configured transport could not deliver to `<ws>/lineage/undelivered.jsonl`
+    (one JSON event a line, ready to POST again: docs/ecosystem.md) and say so in one warning line.
+    The catalog, written before COMPLETE is emitted, holds the same facts either way."""
+    from filelock import FileLock
+    from openlineage.client.serde import Serde
+
+    path = ws.root / "lineage" / UNDELIVERED
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"), path.open("a", encoding="utf-8") as handle:
+        handle.write(Serde.to_json(event) + "\n")
+    reason = " ".join(str(error).split())[:300]
+    log.warning(
+        "OpenLineage event %s %s not delivered (%s); kept in %s",
+        event.eventType.value,
+        event.job.name,
+        reason,
+        path,
+    )
