@@ -33,6 +33,12 @@ def synthetic_pairs(count: int, seed: int = 0) -> list[tuple[str, str, str]]:
     return pairs
 
 
+@pytest.fixture(autouse=True)
+def _private_digest_cache(tmp_path_factory, monkeypatch) -> None:
+    """Model folders' file digests (dpop.model_io) cached in the session's own folder, not ~/.cache."""
+    monkeypatch.setenv("DPOP_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "dpop-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     from demo.tiny_model import make_tiny_model
