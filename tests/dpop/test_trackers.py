@@ -67,7 +67,7 @@ def test_mlflow_run_holds_metrics_dataset_lineage_and_config(small, tmp_path, mo
     run = runs[0]
     assert run.info.status == "FINISHED" and run.info.run_name == result.run_id
     metrics = run.data.metrics
-    assert DPOP_METRICS <= set(metrics) and "loss" in metrics
+    assert set(metrics) >= DPOP_METRICS and "loss" in metrics
     assert {f"eval_{name}" for name in DPOP_METRICS} <= set(metrics)  # the final evaluation's
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "dpop/penalty")]
     assert steps == [1, 2, 3]
@@ -119,8 +119,40 @@ def test_tensorboard_events_hold_metrics_and_the_dataset(small, tmp_path, monkey
     assert json.loads(texts["dpop/config/text_summary"])["penalty_lambda"] == 50.0
 
 
-def test_no_tracker_means_no_tracker_files(small, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def plain_run(small, tmp_path_factory):
+    """One step with report_to none, from a working directory of its own."""
     dataset, model = small
-    monkeypatch.chdir(tmp_path)
-    result = train(dataset.workspace, dataset.dataset_id, model, config("none", max_steps=1, seed=3))
-    assert not list(result.run_dir.glob("runs")) and not (tmp_path / "mlruns").exists()
+    cwd = tmp_path_factory.mktemp("plain-run-cwd")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        result = train(dataset.workspace, dataset.dataset_id, model, config("none", max_steps=1, seed=3))
+    return result, cwd
+
+
+def test_no_tracker_means_no_tracker_files(plain_run):
+    result, cwd = plain_run
+    assert not (result.run_dir / "runs").exists() and not (cwd / "mlruns").exists()
+    assert not list(cwd.iterdir())
+
+
+def test_model_card_of_a_real_run(small, plain_run):
+    """pipeline.cards.write_model_card on what dpop.train wrote: the card dpop's training stage is to write
+    beside the model (README.md), read back with huggingface_hub; the folder still loads as a model."""
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.cards import write_model_card
+
+    dataset, _ = small
+    result, _ = plain_run
+    path = write_model_card(dataset.workspace, result.run_dir)
+    assert path == result.model_dir / "README.md"
+    card = ModelCard.load(path)
+    assert card.data.license == ["apache-2.0", "mit"] and card.data.library_name == "transformers"
+    text = card.text
+    assert f"on dataset version `{dataset.dataset_id}`, full fine-tuning" in text
+    assert "| loss | dpop |" in text and "| penalty_lambda | 50.0 |" in text and "| max_steps | 1 |" in text
+    assert f"| loss | {result.final_metrics['loss']:.6g} |" in text
+    assert "| math | flat | mit | 40 | 0 | 0 | 40 |  |" in text
+    assert AutoModelForCausalLM.from_pretrained(result.model_dir).num_parameters() > 0

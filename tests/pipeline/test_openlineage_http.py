@@ -153,3 +153,17 @@ def test_an_endpoint_that_is_down_keeps_the_events_and_the_stage_succeeds(
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 201
     assert [event for _, _, event in marquez.received] == events
+
+
+def test_composite_transport_sends_to_the_endpoint_and_keeps_a_file(workspace, tmp_path, marquez):
+    """The recipe for keeping the JSONL file as well: a composite transport (http + file)."""
+    copy = tmp_path / "events-copy.jsonl"
+    (tmp_path / "openlineage.yml").write_text(
+        "transport:\n  type: composite\n  continue_on_failure: true\n  transports:\n"
+        f"    - type: http\n      url: {marquez.url}\n"
+        f"    - type: file\n      log_file_path: {copy}\n      append: true\n"
+    )
+    run_build(workspace, tmp_path)
+    sent = [event for _, _, event in marquez.received]
+    assert [e["eventType"] for e in build_events(marquez.received)] == ["START", "COMPLETE"]
+    assert [json.loads(line) for line in copy.read_text().splitlines()] == sent
