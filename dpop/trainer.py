@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,6 +285,9 @@ class RunContext:
         return "\n".join(f"| {key} | {value} |" for key, value in self.params.items())
 
 
+log = logging.getLogger(__name__)
+
+
 class TrackerContextCallback(TrainerCallback):
     """Adds a run's context to the trackers the Trainer reports to (`report_to`), once they have opened
     their run (on_train_begin; main process only):
@@ -311,9 +315,16 @@ class TrackerContextCallback(TrainerCallback):
         senders = [(send, callback) for callback in self.handler.callbacks if (send := _sender(callback))]
         if not senders:
             return
-        context = self.context()
+        try:
+            context = self.context()
+        except Exception as error:  # reporting what a run is about must never stop the run
+            log.warning("could not gather the run's context for its trackers: %s", error)
+            return
         for send, callback in senders:
-            send(callback, context, args)
+            try:
+                send(callback, context, args)
+            except Exception as error:  # a failing tracker must not stop the run
+                log.warning("could not send the run's context to %s: %s", type(callback).__name__, error)
         mlflow = _mlflow_of(self.handler)
         if mlflow is not None and mlflow.active_run() is not None:
             self._mlflow_run_id = mlflow.active_run().info.run_id
