@@ -360,13 +360,14 @@ def run_stage(
     ws: Workspace, stage: Stage, executor: Executor = INLINE, reuse_only: bool = False
 ) -> StageRecord:
     """Reuse the stage's finished output, or run it and record it once (see the module docstring)."""
-    from pipeline.publish import publish_failure, publish_record, publish_start
-
     done = completed(ws, stage)
     if done is not None:
         return done
     if reuse_only:
         raise NeedsWork(stage)
+    # imported here, after the reuse check: a probe of finished stages never loads the lineage client
+    from pipeline.publish import publish_failure, publish_record, publish_start
+
     folder = stage.folder(ws)
     run_uuid = str(uuid.uuid4())
     started = _now()

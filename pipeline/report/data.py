@@ -145,7 +145,10 @@ def gather(ws: Workspace, run_id: str) -> ReportData:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run {run_id!r} not found (no folder {run_dir})")
     run = _read_json(run_dir / "run.json")
-    notes = []
+    chain = _read_json(run_dir / "chain.json")  # written by the chain that ran it (flows/chain.py)
+    notes = [f"SMOKE TEST: {chain['smoke_test']}"] if chain.get("smoke_test") else []
+    if chain.get("comparison_id"):
+        notes.append(f"comparison {chain['comparison_id']} of runs {', '.join(chain.get('runs', []))}")
     metrics = read_metrics(run_dir / "metrics.jsonl")
     if not metrics:
         notes.append(f"no metrics yet in {run_dir / 'metrics.jsonl'}")
