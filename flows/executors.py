@@ -75,10 +75,20 @@ def _task(name: str, fn: Callable[..., Any]) -> Any:
 
 
 class PrefectExecutor:
-    """Runs a chain's stages inside the current Prefect flow run (see the module docstring)."""
+    """Runs a chain's stages inside the current Prefect flow run (see the module docstring).
 
-    def __init__(self, parent: tuple[str, str] | None = None):
+    `parent`: (flow run id, flow name), the parent of the stages' OpenLineage events; `task_runner`: an
+    entered task runner for data stages and parts (a deployment's flow cannot change its own, so the
+    flow picks one per run), else the flow's."""
+
+    def __init__(self, parent: tuple[str, str] | None = None, task_runner: Any = None):
         self.parent = parent
+        self.task_runner = task_runner
+
+    def _submit(self, name: str, body: Callable[..., Any], **parameters: Any) -> Any:
+        if self.task_runner is None:
+            return _task(name, body).submit(**parameters)
+        return self.task_runner.submit(_task(name, body), parameters=parameters)
 
     def run(self, ws: Workspace, stage: Stage) -> StageRecord:
         done = completed(ws, stage)
@@ -87,19 +97,16 @@ class PrefectExecutor:
         if stage.partitioned:
             with self._parent():
                 return run_stage(ws, stage, self)
-        stage_task = _task(stage.label(), _run_stage_in_task)
         if stage.placement == "data":
-            return stage_task.submit(str(ws.root), stage, self.parent).result()
-        return stage_task(str(ws.root), stage, self.parent)
+            return self._submit(stage.label(), _run_stage_in_task, **self._arguments(ws, stage)).result()
+        return _task(stage.label(), _run_stage_in_task)(**self._arguments(ws, stage))
 
     def run_many(self, ws: Workspace, stages: Sequence[Stage]) -> list[StageRecord]:
         records: list[StageRecord | None] = [completed(ws, stage) for stage in stages]
         futures = {}
         for index, stage in enumerate(stages):
             if records[index] is None and stage.placement == "data" and not stage.partitioned:
-                futures[index] = _task(stage.label(), _run_stage_in_task).submit(
-                    str(ws.root), stage, self.parent
-                )
+                futures[index] = self._submit(stage.label(), _run_stage_in_task, **self._arguments(ws, stage))
         for index, stage in enumerate(stages):
             if index in futures:
                 records[index] = futures[index].result()
@@ -110,12 +117,14 @@ class PrefectExecutor:
     def map(self, label: str, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         from prefect.futures import wait
 
-        part_task = _task(label, _call)
-        futures = [part_task.submit(fn, item) for item in items]
+        futures = [self._submit(label, _call, fn=fn, item=item) for item in items]
         # Every part must have stopped before an error propagates: the runner then deletes the stage's
         # temporary folder, which a still-running part would otherwise keep writing into.
         wait(futures)
         return [future.result() for future in futures]
+
+    def _arguments(self, ws: Workspace, stage: Stage) -> dict[str, Any]:
+        return {"root": str(ws.root), "stage": stage, "parent": self.parent}
 
     @contextmanager
     def _parent(self) -> Iterator[None]:

@@ -1,21 +1,19 @@
-"""`dpop run`: from preference data to a DPOP-trained model and its report, in one command.
+"""`dpop run`: preference data to a DPOP-trained model and its report, in one command.
 
-With no arguments it runs the embedded demo: synthetic MetaMath-style pairs -> a tiny tokenizer
-trained on them -> a tiny Llama model -> a short SFT warm-up on the chosen answers (the reference
-policy, cached) -> ingest, curate, tokenise, reference log-probs, DPOP training -> the HTML report.
-With `--input`, `--model`, `--config` the same chain runs on the user's data and model.
-
-Each stage is a cached, content-addressed step (ingest by file sha256, dataset by inputs + config,
-SFT by base model + examples + settings), so running it again recomputes nothing that has not changed.
-By default the chain goes through `flows.data_to_model.data_to_model_flow` (Prefect tasks, caching,
-OpenLineage events, artifacts); `--engine direct` calls the same stage functions in order without Prefect.
+With no arguments it runs the embedded demo (synthetic maths pairs, a tiny Llama, an SFT warm-up as the
+reference, DPOP); `--input`, `--model`, `--config` run the same chain on the user's data and model. The
+chain is `flows.chain.data_to_model`, the same for `dpop run` (the Prefect flow), `--engine direct`
+(inline), `dpop serve` and the benchmarks. First every path and config is checked, then the chain is
+probed (no Prefect, no torch): when every stage is done, the summary is printed and nothing else runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import os
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,50 +21,148 @@ import typer
 
 from flows.commands._common import WorkspaceOption, clean_errors, console
 
-DEFAULT_SYNTH_PAIRS = 600
+
+def _option(kind: Any, *names: str, **settings: Any) -> Any:
+    return Annotated[kind, typer.Option(*names, **settings)]
+
+
+# The options of `dpop run` and `dpop serve`: the same options make the same chain.
+Inputs = _option(
+    list[str] | None,
+    "--input",
+    "-i",
+    "--source",
+    "-s",
+    help="Preference data: files, folders, HF dataset names (repeatable; default: synthetic maths pairs).",
+)
+Model = _option(
+    Path | None,
+    "--model",
+    "-m",
+    "--base-model",
+    help="Base model folder (save_pretrained, safetensors; default: a tiny Llama).",
+)
+Config = _option(Path | None, "--config", "-c", help="dpop.yaml (see `dpop init`).")
+N = _option(int | None, "--n", min=20, help="Synthetic pairs when no --input is given.")
+Steps = _option(int | None, "--steps", min=1, help="Training steps (overrides training.max_steps).")
+SftSteps = _option(
+    int | None, "--sft-steps", min=0, help="SFT warm-up steps (0: the base model is the reference)."
+)
+Seed = _option(int | None, "--seed", help="Seed of the synthetic data, model and training.")
+Losses = _option(str | None, "--losses", help="One run per loss from one reference, e.g. dpop:50,dpo.")
+WarmStart = _option(bool, "--warm-start", help="Train a new dataset version from the last model.")
+TaskRunner = _option(
+    str, "--task-runner", help="default: threads here; dask: ingests and build parts on Dask."
+)
+DaskAddress = _option(
+    str | None, "--dask-address", help="Dask scheduler (tcp://host:8786; default: a local one)."
+)
+INTERRUPTED = (
+    "interrupted: run the same command again to resume (finished stages are reused, training continues "
+    "from its last complete checkpoint)"
+)
+
+
+def chain_spec(
+    inputs: Any,
+    model: Any,
+    config: Any,
+    n: Any,
+    steps: Any,
+    sft_steps: Any,
+    seed: Any,
+    losses: Any,
+    warm_start: bool,
+) -> Any:
+    """The ChainSpec of the command line, every path checked first (naming its flag); configs are the
+    raw dpop.yaml sections (no torch: `validate` checks them before any work)."""
+    from demo.defaults import DEFAULT_CONFIG_YAML, _apply_flags, _merge
+
+    from flows.chain import ChainSpec, with_losses
+    from pipeline.config import parse_yaml, read_yaml
+    from pipeline.curate.config import load_curation_config
+
+    sources = tuple(_source(item) for item in inputs or ())
+    if model is not None:
+        model = _model(model)
+    user: Any = {}
+    if config is not None:
+        if not config.is_file():
+            raise FileNotFoundError(f"--config {config}: no such file (write one with `dpop init`)")
+        user = read_yaml(config)
+    values = parse_yaml(DEFAULT_CONFIG_YAML, "dpop.yaml defaults")
+    try:
+        values = _merge(values, {k: v for k, v in user.items() if v is not None})
+        _apply_flags(values, n=n, steps=steps, sft_steps=sft_steps, seed=seed)
+        curation = load_curation_config(values["curation"], base=config.resolve().parent if config else None)
+    except (AttributeError, TypeError, ValueError):
+        validate(config, n, steps, sft_steps, seed, ())  # the loader's message, naming file and key
+        raise
+    sft = dict(values["sft"])
+    if model is not None and "steps" not in (user.get("sft") or {}) and sft_steps is None:
+        sft["steps"] = 0  # the demo's warm-up would damage a real model: it is its own reference
+    _check_eval_file(curation)
+    training = with_losses(values["training"], losses) if losses else (values["training"],)
+    return ChainSpec(
+        sources, values["synth"]["n"], values["seed"], None, {}, str(model) if model else None,
+        values["tiny_model"], curation.as_dict(), sft, training, warm_start,
+    )  # fmt: skip
+
+
+def _source(item: str) -> str:
+    """A local path (absolute), or a hub name; a mistyped path is "no such file", not a Hub error."""
+    from pipeline.ingest.readers import looks_like_hub_name
+
+    path = Path(item).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    if looks_like_hub_name(item) and not ("/" in item and path.parent.is_dir()):
+        return item
+    raise FileNotFoundError(f"--input {item}: no such file or folder")
+
+
+def _model(model: Path) -> Path:
+    from dpop.model_io import require_safetensors
+
+    try:
+        return require_safetensors(model)
+    except (FileNotFoundError, ValueError) as error:
+        raise type(error)(f"--model: {error}") from None
+
+
+def _check_eval_file(curation: Any) -> None:
+    decontaminate = curation.filters.decontaminate
+    if decontaminate is not None and not Path(decontaminate.file).is_file():
+        raise FileNotFoundError(
+            f"--config: curation.filters.decontaminate.file {decontaminate.file}: no such file"
+        )
+
+
+def validate(config: Any, n: Any, steps: Any, sft_steps: Any, seed: Any, training: Any) -> None:
+    """Every config section as the stages will read it (imports torch: only when work is to be done)."""
+    from demo.defaults import load_run_config
+
+    from flows.chain import train_config
+
+    load_run_config(config, n=n, steps=steps, sft_steps=sft_steps, seed=seed)
+    for values in training:
+        train_config(values)
 
 
 def run(
-    input: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--input",
-            "-i",
-            help="Preference data: files, folders or HF dataset names (repeatable). "
-            "Default: synthetic maths pairs.",
-        ),
-    ] = None,
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help="Base model folder (save_pretrained, with tokenizer). Default: a tiny Llama built here.",
-        ),
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="dpop.yaml (see `dpop init`).")
-    ] = None,
+    input: Inputs = None,
+    model: Model = None,
+    config: Config = None,
     workspace: WorkspaceOption = None,
-    n: Annotated[
-        int | None, typer.Option("--n", help="Synthetic pairs when no --input is given.", min=20)
-    ] = None,
-    steps: Annotated[
-        int | None, typer.Option("--steps", help="Training steps (overrides training.max_steps).", min=1)
-    ] = None,
-    sft_steps: Annotated[
-        int | None,
-        typer.Option("--sft-steps", help="SFT warm-up steps (0: the base model is the reference).", min=0),
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option("--seed", help="Seed for the synthetic data, model and training.")
-    ] = None,
+    n: N = None,
+    steps: Steps = None,
+    sft_steps: SftSteps = None,
+    seed: Seed = None,
+    losses: Losses = None,
     engine: Annotated[
         str,
         typer.Option(
-            "--engine",
-            help="prefect: train through the Prefect flow (lineage events, artifacts); "
-            "direct: call the stage functions in order (no Prefect server).",
+            "--engine", help="prefect: the Prefect flow (UI, artifacts); direct: inline, no Prefect server."
         ),
     ] = "prefect",
     report: Annotated[
@@ -75,280 +171,154 @@ def run(
     open_report: Annotated[
         bool, typer.Option("--open", help="Open the report in a browser when done.")
     ] = False,
-    task_runner: Annotated[
-        str,
-        typer.Option("--task-runner", help="default: threads in this process; dask: the data tasks on Dask."),
-    ] = "default",
-    dask_address: Annotated[
-        str | None,
-        typer.Option("--dask-address", help="Dask scheduler (tcp://host:8786); default: a local cluster."),
-    ] = None,
-    warm_start: Annotated[
-        bool,
-        typer.Option("--warm-start", help="Train a new dataset version from the last model, not the base."),
-    ] = False,
+    task_runner: TaskRunner = "default",
+    dask_address: DaskAddress = None,
+    warm_start: WarmStart = False,
 ) -> None:
     """Run the whole chain: data -> curated shards -> SFT reference -> DPOP training -> report."""
+    started = time.perf_counter()
     with clean_errors():
-        from dpop.run_config import load_run_config
-
-        started = time.perf_counter()
-        settings = load_run_config(config, n=n, steps=steps, sft_steps=sft_steps, seed=seed)
-        if engine not in ("prefect", "direct"):
-            raise ValueError(f"--engine must be 'prefect' or 'direct', got {engine!r}")
-        if task_runner not in ("default", "dask"):
-            raise ValueError(f"--task-runner must be 'default' or 'dask', got {task_runner!r}")
-        flow_options = {"task_runner": task_runner, "dask_address": dask_address, "warm_start": warm_start}
-        summary = _run_chain(settings, input, model, workspace, engine, flow_options)
-        if report:
-            from pipeline.report import build_report
-
-            with console.status("writing the report"):
-                summary["report"] = build_report(summary["workspace"], summary["run_id"])
-        summary["seconds"] = time.perf_counter() - started
-        _print_summary(summary)
+        if engine not in ("prefect", "direct") or task_runner not in ("default", "dask"):
+            raise ValueError(
+                f"--engine is prefect or direct ({engine!r}); --task-runner default or dask ({task_runner!r})"
+            )
+        if engine == "direct" and (task_runner != "default" or dask_address):
+            raise ValueError("--task-runner/--dask-address need the Prefect engine (--engine prefect)")
+        spec = chain_spec(input, model, config, n, steps, sft_steps, seed, losses, warm_start)
+        summary = _up_to_date(spec, workspace)
+        if summary is None:
+            validate(config, n, steps, sft_steps, seed, spec.training)
+            if spec.smoke_test:
+                console.print(f"[bold yellow]warning: {spec.smoke_test}[/]", soft_wrap=True)
+            summary = _run(spec, workspace, engine, task_runner, dask_address)
+        _report(summary, report)
+        _print_summary(summary, time.perf_counter() - started)
         if open_report and summary.get("report"):
             import webbrowser
 
-            webbrowser.open(summary["report"].as_uri())
+            webbrowser.open(Path(summary["report"]).as_uri())
 
 
-def _run_chain(
-    settings: Any,
-    inputs: list[str] | None,
-    model: Path | None,
-    workspace: Path | None,
-    engine: str,
-    flow_options: dict,
-) -> dict:
-    from dpop.config import TrainConfig
-    from dpop.model_io import require_safetensors
+def _up_to_date(spec: Any, workspace: Any) -> dict[str, Any] | None:
+    from flows.chain import probe, summary
     from flows.commands._workspace import writable_workspace
 
-    if model:
-        require_safetensors(model)  # refuse pickled weights before any work, not deep inside a flow
-    ws = writable_workspace(workspace)
-    sources = [str(s) for s in inputs] if inputs else [str(_synthetic_input(ws, settings))]
-    console.rule("[bold]1/5 ingest")
-    ingests = _ingest(ws, sources)
-    console.rule("[bold]2/5 tokenizer and base model")
-    base = Path(model).expanduser().resolve() if model else _tiny_base_model(ws, ingests, settings)
-    console.print(f"base model: {base}")
-    console.rule("[bold]3/5 curate, tokenise, shard")
-    build = _build(ws, settings, base, ingests)
-    console.rule("[bold]4/5 SFT warm-up (reference policy)")
-    if model and not settings.sft_explicit:
-        # The demo's warm-up (a high learning rate for a model that knows nothing) would damage a real
-        # model; a user's model is taken as its own reference unless sft.steps / --sft-steps asks.
-        settings = dataclasses.replace(settings, sft={**settings.sft, "steps": 0})
-    reference = _reference(ws, base, build.dataset_id, settings)
-    console.rule("[bold]5/5 reference log-probs and DPOP training")
-    train_config = TrainConfig.from_dict(settings.training, source="training")
-    result = _train(
-        ws, sources, settings, base, reference, train_config, build.dataset_id, engine, flow_options
-    )
-    return {"workspace": ws, "build": build, "reference": reference, **result}
+    result = probe(writable_workspace(workspace), spec)
+    return None if result is None else {**summary(result), "via": "probe: every stage up to date"}
 
 
-def _synthetic_input(ws: Any, settings: Any) -> Path:
-    from pipeline.synth_math import write_math_pairs
+def _run(
+    spec: Any, workspace: Any, engine: str, task_runner: str, dask_address: str | None
+) -> dict[str, Any]:
+    from pipeline.workspace import Workspace
 
-    path = ws.root / "inputs" / f"synth-math-n{settings.synth_n}-seed{settings.seed}.jsonl"
-    if not path.is_file():
-        write_math_pairs(path, settings.synth_n, settings.seed)
-    console.print(f"synthetic maths pairs: {path} ({settings.synth_n} pairs, seed {settings.seed})")
-    return path
+    ws = Workspace.open(workspace)
+    try:
+        if engine == "direct":
+            return _direct(ws, spec)
+        _prefect_home(ws)  # before Prefect is imported: it reads its settings once
+        with _api_server():
+            from flows.data_to_model import data_to_model_flow
 
-
-def _ingest(ws: Any, sources: list[str]) -> list:
-    """Each source with its format detected (as the flow does, so its ingest is a cache hit)."""
-    from rich.table import Table
-
-    from pipeline.ingest import ingest_source
-
-    results = []
-    for source in sources:
-        results += ingest_source(source, ws, on_note=lambda text: console.print(f"  [dim]{text}[/]"))
-    table = Table("source", "format", "read", "kept", "rejected", "cached")
-    for r in results:
-        table.add_row(
-            Path(r.source_uri).name,
-            r.format,
-            f"{r.rows_read:,}",
-            f"{r.rows_kept:,}",
-            f"{r.rows_rejected:,}",
-            "yes" if r.reused else "no",
-        )
-    console.print(table)
-    return results
+            out = data_to_model_flow(str(ws.root), spec.to_json(), task_runner, dask_address)
+        return {**out, "via": f"Prefect flow, {out['status']}"}
+    except KeyboardInterrupt:
+        console.print(f"[bold yellow]{INTERRUPTED}[/]", soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
-def _tiny_base_model(ws: Any, ingests: list, settings: Any) -> Path:
-    """The demo's base model: a tokenizer trained on the ingested texts and a tiny Llama, cached by content."""
-    from dpop.tiny_model import tiny_model_for_pairs
-    from pipeline.identity import stable_hash
+def _direct(ws: Any, spec: Any) -> dict[str, Any]:
+    from flows.chain import data_to_model, lineage_run, summary
+    from flows.lock import workspace_lock
+    from pipeline.stage import INLINE
 
-    tiny = settings.tiny_model
-    key = stable_hash({"ingests": sorted(r.ingest_id for r in ingests), "tiny": tiny, "seed": settings.seed})
-    with console.status(f"training a {tiny['vocab_size']}-token BPE tokenizer and a tiny Llama"):
-        model_dir, reused = tiny_model_for_pairs(
-            ws.models_dir,
-            [r.pairs_path for r in ingests],
-            key,
-            vocab_size=tiny["vocab_size"],
-            num_layers=tiny["layers"],
-            hidden_size=tiny["hidden_size"],
-            num_heads=tiny["heads"],
-            seed=settings.seed,
-        )
-    state = "up to date" if reused else f"{tiny['layers']} layers, hidden {tiny['hidden_size']}"
-    console.print(f"tiny Llama ({state}) -> {model_dir}")
-    return model_dir
+    with (
+        workspace_lock(ws, 0, "dpop run --engine direct"),
+        lineage_run(ws, (str(uuid.uuid4()), "data-to-model"), spec) as outputs,
+    ):
+        out = summary(data_to_model(ws, spec, INLINE))
+        outputs += [r["model_dir"] for r in out["runs"]]
+    return {**out, "via": f"inline, {out['status']}"}
 
 
-def _build(ws: Any, settings: Any, base: Path, ingests: list) -> Any:
-    from rich.table import Table
-
-    from pipeline.build import build_dataset
-
-    with console.status("curating and sharding"):
-        build = build_dataset(ws, settings.curation, base, ingests=ingests)
-    table = Table("step", "rows in", "dropped", "reason")
-    for step, rows_in, dropped, reason in build.funnel:
-        table.add_row(str(step), f"{rows_in:,}", f"{dropped:,}", reason or "")
-    console.print(table)
-    console.print(
-        f"dataset {build.dataset_id}: {build.train_rows:,} train / {build.eval_rows:,} eval"
-        + (" (up to date)" if build.reused else "")
-    )
-    return build
-
-
-def _reference(ws: Any, base: Path, dataset_id: str, settings: Any) -> Path:
-    """The SFT warm-up of `base` on the train split's chosen answers; `steps: 0` keeps `base`."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from dpop.sft import SFTConfig, examples_from_shards, warm_up
-
-    sft = SFTConfig(**settings.sft)
-    if sft.steps == 0:
-        console.print("SFT warm-up off: the base model is the reference")
-        return base
-    examples = examples_from_shards(ws, dataset_id, "train")
-    columns = (
-        TextColumn("SFT"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("sft", total=sft.steps, loss="-")
-        result = warm_up(
-            ws,
-            base,
-            examples,
-            sft,
-            parents={dataset_id: "sft_on"},
-            on_step=lambda step, _, loss: progress.update(task, completed=step, loss=f"{loss:.3f}"),
-        )
-    state = (
-        "up to date"
-        if result.reused
-        else f"{sft.steps} steps, loss {result.losses[0]:.2f} -> {result.final_loss:.2f}"
-    )
-    console.print(f"reference policy {result.model_dir} ({state})")
-    return result.model_dir
-
-
-def _prefect_defaults(ws: Any) -> None:
-    """Without a Prefect server configured, keep the ephemeral server's database in the workspace, so
-    concurrent runs in other workspaces never share (and lock) one SQLite file in ~/.prefect."""
+def _prefect_home(ws: Any) -> None:
+    """Without a Prefect server or home of the user's, keep Prefect's database in the workspace, so runs in
+    other workspaces never share (and lock) one SQLite file in ~/.prefect."""
     if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
-        home = ws.cache_dir / "prefect"
-        home.mkdir(parents=True, exist_ok=True)
-        os.environ["PREFECT_HOME"] = str(home)
-    # A loaded machine can take longer than Prefect's default 20 s to start the ephemeral server.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+        (ws.cache_dir / "prefect").mkdir(parents=True, exist_ok=True)
+        os.environ["PREFECT_HOME"] = str(ws.cache_dir / "prefect")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # a loaded machine
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # its heartbeat locks the SQLite file
 
 
-def _train(
-    ws: Any,
-    sources: list[str],
-    settings: Any,
-    base: Path,
-    reference: Path,
-    train_config: Any,
-    dataset_id: str,
-    engine: str,
-    flow_options: dict,
-) -> dict:
-    """Reference log-probs + training: through the Prefect flow (which finds ingest and build cached,
-    records OpenLineage events and Prefect artifacts), or by calling the stage functions directly."""
-    if engine == "prefect":
-        _prefect_defaults(ws)  # before Prefect is imported: it reads its settings once
-        from flows.data_to_model import data_to_model_flow
+@contextlib.contextmanager
+def _api_server() -> Iterator[None]:
+    """The run's Prefect API: the user's server, else a temporary one started here, its URL exported
+    before any Dask worker starts so the workers use it instead of each starting its own."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        summary = data_to_model_flow(
-            workspace=ws.root,
-            sources=sources,
-            curate_config=settings.curation,
-            base_model=reference,
-            reference_model=reference,
-            train_config=train_config,
-            tokenizer=base,  # the tokenizer the dataset above was built with: its build is a cache hit
-            **flow_options,
-        )
-        return {
-            "run_id": summary["run_id"],
-            "model_dir": Path(summary["model_dir"]),
-            "metrics": summary.get("final_metrics") or {},
-            "dataset_id": summary["dataset_id"],
-            "via": f"Prefect flow, {summary.get('status', '?')}",
-        }
-    if flow_options["task_runner"] != "default" or flow_options["warm_start"]:
-        raise ValueError("--task-runner and --warm-start need the Prefect engine (--engine prefect)")
-    from dpop.model_io import precision_for_training
-    from dpop.refs import compute_reference_logps
-    from dpop.train import train
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
 
-    refs_id = compute_reference_logps(ws, dataset_id, reference, dtype=precision_for_training(train_config))
-    trained = train(ws, refs_id, reference, train_config)
-    return {
-        "run_id": trained.run_id,
-        "model_dir": trained.model_dir,
-        "metrics": trained.final_metrics,
-        "dataset_id": refs_id,
-        "via": "stage functions",
-    }
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)  # the run's last logs, before their server goes
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
 
 
-def _print_summary(summary: dict) -> None:
+def _report(summary: dict[str, Any], wanted: bool) -> None:
+    """Each run's report: written when the run is new, or when it is missing."""
+    if not wanted:
+        return
+    for run in summary["runs"]:
+        index = Path(run["run_dir"]) / "report" / "index.html"
+        if summary["status"] != "up to date" or not index.is_file():
+            from pipeline.report import build_report
+
+            with console.status(f"writing the report of {run['run_id']}"):
+                index = build_report(summary["workspace"], run["run_id"])
+        run["report"] = str(index)
+    summary["report"] = summary["runs"][0]["report"]
+
+
+def _print_summary(summary: dict[str, Any], seconds: float) -> None:
     from rich.table import Table
 
-    ws = summary["workspace"]
-    metrics = summary.get("metrics") or {}
-    table = Table(
-        title=f"dpop run done in {summary['seconds']:.0f} s ({summary.get('via')})", show_header=False
-    )
+    table = Table(title=f"dpop run done in {seconds:.0f} s ({summary['via']})", show_header=False)
     table.add_column("what", no_wrap=True, style="bold")
-    table.add_column("where", overflow="fold")
-    table.add_row("workspace", str(ws.root))
-    table.add_row("run", str(summary["run_id"]))
-    table.add_row("model", str(summary.get("model_dir")))
-    table.add_row("reference policy", str(summary["reference"]))
-    table.add_row("dataset", str(summary.get("dataset_id") or summary["build"].dataset_id))
-    for name in ("eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/chosen", "eval_loss"):
-        if isinstance(metrics.get(name), int | float):
-            table.add_row(name, f"{metrics[name]:.4g}")
-    if summary.get("report"):
-        table.add_row("report", str(summary["report"]))
-    table.add_row(
-        "lineage", f"dpop lineage {summary['run_id']} -w {ws.root}   (events: {ws.lineage_events_path})"
-    )
-    table.add_row(
-        "SQL",
-        f"dpop sql -w {ws.root} \"SELECT split, metric, value FROM metrics WHERE run_id = '{summary['run_id']}'\"",
-    )
+    table.add_column("value", overflow="fold")
+    rows = [
+        ("workspace", summary["workspace"]),
+        ("dataset", summary["dataset_id"]),
+        ("reference policy", summary["reference_model"]),
+    ]
+    rows += [("comparison", summary["comparison_id"])] if summary.get("comparison_id") else []
+    for run in summary["runs"]:
+        rows += [(f"run ({run['loss']})", run["run_id"]), ("model", run["model_dir"])]
+        rows += [
+            (k, f"{run['final_metrics'][k]:.4g}")
+            for k in ("eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/chosen", "eval_loss")
+            if isinstance(run["final_metrics"].get(k), int | float)
+        ]
+        rows += [("report", run["report"])] if run.get("report") else []
+    ws, run_id = summary["workspace"], summary["run_id"]
+    rows += [
+        ("lineage", f"dpop lineage {run_id} -w {ws}"),
+        ("SQL", f"dpop sql -w {ws} \"SELECT split, metric, value FROM metrics WHERE run_id = '{run_id}'\""),
+    ]
+    rows += [("SMOKE TEST", f"[bold yellow]{summary['smoke_test']}[/]")] if summary.get("smoke_test") else []
+    for what, value in rows:
+        table.add_row(what, str(value))
     console.print(table)
 
 

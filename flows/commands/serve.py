@@ -1,19 +1,20 @@
 """`dpop serve`: serve the data-to-model deployment on a cron schedule against a Prefect server.
 
 Start a server once (`prefect server start`, then `prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`),
-then `dpop serve --cron "0 3 * * *" --source data/ --base-model models/base`: every night the flow re-reads
-the sources, recomputes only what changed and retrains when a new dataset version appears.
+then `dpop serve --cron "0 3 * * *" --input data/ --model models/base`: the deployment's parameters are
+the `ChainSpec` of the same options `dpop run` takes, so every night the flow re-reads the sources,
+recomputes only what changed and retrains (SFT included) when a new dataset version appears.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from flows.commands import run as r
 from flows.commands._common import WorkspaceOption, clean_errors, console
 
 DEFAULT_NAME = "nightly"
@@ -46,22 +47,6 @@ def deployment(
     )
 
 
-def flow_parameters(workspace: Path, paths: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    """The deployment's flow parameters: absolute paths (a served run starts in the runner's working
-    directory, not the user's), each checked to exist now rather than at 03:00."""
-    parameters: dict[str, Any] = {"workspace": str(workspace)}
-    for key, value in paths.items():
-        for path in value if isinstance(value, list) else [value]:
-            if path is not None and not Path(path).exists():
-                raise FileNotFoundError(f"{key}: {path} not found")
-        if isinstance(value, list):
-            parameters[key] = [str(Path(v).resolve()) for v in value]
-        else:
-            parameters[key] = str(Path(value).resolve()) if value is not None else None
-    # A scheduled run waits up to an hour for a manual run holding the workspace lock instead of failing.
-    return {**parameters, **options, "lock_timeout": 3600}
-
-
 def serve(
     cron: Annotated[
         str,
@@ -69,59 +54,43 @@ def serve(
             "--cron", help='Cron schedule, e.g. "0 3 * * *" (03:00 every day); a 6th field counts seconds.'
         ),
     ],
-    sources: Annotated[
-        list[Path], typer.Option("--source", "-s", help="Source file or folder (repeat for several).")
-    ],
-    base_model: Annotated[
-        Path,
-        typer.Option(
-            "--base-model",
-            help="Model folder to train: a save_pretrained folder (safetensors) with its tokenizer.",
-        ),
-    ],
+    input: r.Inputs = None,
+    model: r.Model = None,
+    config: r.Config = None,
     workspace: WorkspaceOption = None,
-    reference_model: Annotated[
-        Path | None,
-        typer.Option("--reference-model", help="Reference model folder (default: the base model)."),
-    ] = None,
-    curate_config: Annotated[
-        Path | None, typer.Option("--curate-config", help="Curation YAML (filters, split, tokenize, shards).")
-    ] = None,
-    train_config: Annotated[
-        Path | None, typer.Option("--train-config", help="Training YAML (TrainConfig keys).")
-    ] = None,
-    warm_start: Annotated[
-        bool,
-        typer.Option("--warm-start", help="Train new dataset versions from the last model, not the base."),
-    ] = False,
-    task_runner: Annotated[str, typer.Option("--task-runner", help="default or dask.")] = "default",
-    dask_address: Annotated[
-        str | None, typer.Option("--dask-address", help="Dask scheduler, e.g. tcp://10.0.0.5:8786.")
-    ] = None,
+    n: r.N = None,
+    steps: r.Steps = None,
+    sft_steps: r.SftSteps = None,
+    seed: r.Seed = None,
+    losses: r.Losses = None,
+    warm_start: r.WarmStart = False,
+    task_runner: r.TaskRunner = "default",
+    dask_address: r.DaskAddress = None,
     name: Annotated[str, typer.Option("--name", help="Deployment name.")] = DEFAULT_NAME,
     timezone: Annotated[
         str | None, typer.Option("--timezone", help="Time zone of the cron, e.g. Europe/Paris.")
     ] = None,
 ) -> None:
-    """Serve `data-to-model` on a schedule (blocks; stop with Ctrl-C). Needs a running Prefect server."""
+    """Serve `data-to-model` on a schedule (blocks; stop with Ctrl-C): the chain `dpop run` runs with the
+    same options, so a scheduled run reproduces it. Needs a running Prefect server."""
     with clean_errors():
         from pipeline.workspace import Workspace
 
-        ws = Workspace.open(workspace)
-        paths = {
-            "sources": sources,
-            "base_model": base_model,
-            "reference_model": reference_model,
-            "curate_config": curate_config,
-            "train_config": train_config,
+        spec = r.chain_spec(input, model, config, n, steps, sft_steps, seed, losses, warm_start)
+        r.validate(config, n, steps, sft_steps, seed, spec.training)  # now, not at 03:00
+        parameters = {
+            "workspace": str(Workspace.open(workspace).root),
+            "spec": spec.to_json(),
+            "task_runner": task_runner,
+            "dask_address": dask_address,
+            "lock_timeout": 3600,  # a scheduled run waits up to an hour for a manual run's lock
         }
-        options = {"warm_start": warm_start, "task_runner": task_runner, "dask_address": dask_address}
-        target = deployment(name, cron, flow_parameters(ws.root, paths, options), timezone)
+        target = deployment(name, cron, parameters, timezone)
         api_url = _require_server()
         runner = _runner()
         runner.add_deployment(target)  # registers it (and its schedule) with the server
         console.print(
-            f"serving data-to-model/{name} on cron {cron!r} for workspace {ws.root} (server {api_url})\n"
+            f"serving data-to-model/{name} on cron {cron!r} for workspace {parameters['workspace']} (server {api_url})\n"
             f"run it now: prefect deployment run 'data-to-model/{name}'; stop with Ctrl-C",
             highlight=False,
         )

@@ -40,7 +40,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         from prefect.settings import PREFECT_HOME, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
         from prefect.testing.utilities import prefect_test_harness
 
-        from flows.openlineage_events import reset_clients
+        from pipeline.openlineage import reset_clients
 
         reset_clients()
         with (

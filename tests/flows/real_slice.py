@@ -40,8 +40,8 @@ def llamafactory_slice(shared: Path, out: Path, rows: int) -> Path:
 
 def tiny_base_model(ws: Workspace, texts_from: list[Path]) -> Path:
     """A tokenizer trained on the files' text and a 1-layer Llama over it, in <ws>/models/base."""
-    from dpop.tiny_model import make_tiny_model
-    from pipeline.tiny_tokenizer import train_tiny_tokenizer
+    from demo.tiny_model import make_tiny_model
+    from demo.tiny_tokenizer import train_tiny_tokenizer
 
     texts = [line for path in texts_from for line in path.read_text(encoding="utf-8").splitlines()][:400]
     tokenizer = train_tiny_tokenizer(texts, ws.root.parent / "tokenizer", vocab_size=384)
@@ -58,3 +58,23 @@ TRAINING = {
     "save_steps": 1,
     "disable_tqdm": True,
 }
+
+
+def chain_spec(data: Path, base: Path, training: dict | None = None, **fields):
+    """The ChainSpec the flow tests run: the sources in `data`, the tiny base model, no SFT."""
+    from flows.chain import ChainSpec
+
+    return ChainSpec(
+        sources=(str(data),),
+        base_model=str(base),
+        curation=CURATION,
+        training=(training or TRAINING,),
+        **fields,
+    )
+
+
+def run_flow(ws: Workspace, spec, **options) -> dict:
+    """`data_to_model_flow` as a deployment calls it: the workspace and the spec's JSON."""
+    from flows.data_to_model import data_to_model_flow
+
+    return data_to_model_flow(workspace=str(ws.root), spec=spec.to_json(), **options)

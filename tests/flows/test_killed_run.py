@@ -13,25 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from flows.data_to_model import TRAINED, data_to_model_flow
+from flows.chain import TRAINED
 from pipeline.atomic import TMP_PREFIX
 from pipeline.workspace import Workspace
-from tests.flows.real_slice import CURATION, TRAINING, hh_slice, pandalm_slice, tiny_base_model
+from tests.flows.real_slice import TRAINING, chain_spec, hh_slice, pandalm_slice, run_flow, tiny_base_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 
 REPO = Path(__file__).resolve().parents[2]
 LONG_TRAINING = {**TRAINING, "max_steps": 60, "save_steps": 5, "logging_steps": 5}
-
-
-def _flow_arguments(ws: Workspace, data: Path, base: Path) -> dict:
-    return {
-        "workspace": str(ws.root),
-        "sources": [str(data)],
-        "curate_config": CURATION,
-        "base_model": str(base),
-        "train_config": LONG_TRAINING,
-    }
 
 
 def _complete_checkpoint(ws: Workspace) -> bool:
@@ -47,7 +37,8 @@ def test_killed_run_resumes(prefect_server, shared_data, tmp_path):
     pandalm = pandalm_slice(shared_data, data, 30)
     ws = Workspace.open(tmp_path / "ws")
     base = tiny_base_model(ws, [hh, pandalm])
-    arguments = _flow_arguments(ws, data, base)
+    spec = chain_spec(data, base, LONG_TRAINING)
+    arguments = {"workspace": str(ws.root), "spec": spec.to_json()}
 
     script = (
         "import json, sys\n"
@@ -75,7 +66,7 @@ def test_killed_run_resumes(prefect_server, shared_data, tmp_path):
     [run_dir] = list(ws.runs_dir.iterdir())
     assert not (run_dir / "model").exists()
 
-    summary = data_to_model_flow(**arguments)
+    summary = run_flow(ws, spec)
     assert summary["status"] == TRAINED and summary["resumed"] is True
     assert summary["cached"]["build"] and summary["cached"]["refs"]
     assert summary["files_cached"] == 2

@@ -42,10 +42,11 @@ def test_second_run_waits_for_the_first(workspace):
 
 
 def test_flow_refuses_a_busy_workspace(prefect_server, workspace, tmp_path):
-    from flows.data_to_model import data_to_model_flow
+    from flows.chain import ChainSpec
+    from tests.flows.real_slice import run_flow
 
     base = tmp_path / "base"
     base.mkdir()
     with workspace_lock(workspace, what="another flow"), pytest.raises(WorkspaceBusy, match="another flow"):
-        data_to_model_flow(workspace=str(workspace.root), sources=[str(tmp_path)], base_model=str(base))
+        run_flow(workspace, ChainSpec(sources=(str(tmp_path),), base_model=str(base)))
     assert not workspace.sources_dir.exists()  # nothing ran

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from flows.openlineage_events import DatasetRef, emit, file_ref, reset_clients
+from pipeline.openlineage import DatasetRef, emit, file_ref, reset_clients
 from tests.flows.openlineage_check import check_events, read_events
 
 

@@ -1,4 +1,5 @@
-"""`dpop serve`'s deployment: registered against a (temporary) Prefect server with its cron schedule."""
+"""`dpop serve`'s deployment: registered against a (temporary) Prefect server with its cron schedule and
+the chain spec `dpop run` builds from the same options as its parameters."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import socket
 import pytest
 from typer.testing import CliRunner
 
+from flows.chain import ChainSpec
 from flows.cli import app
 from flows.commands.serve import deployment
 
@@ -14,12 +16,8 @@ from flows.commands.serve import deployment
 def test_deployment_registers_with_cron_schedule(prefect_server, tmp_path):
     from prefect.client.orchestration import get_client
 
-    parameters = {
-        "workspace": str(tmp_path / "ws"),
-        "sources": [str(tmp_path / "data")],
-        "base_model": str(tmp_path / "base"),
-        "warm_start": True,
-    }
+    spec = ChainSpec(sources=(str(tmp_path / "data"),), base_model=str(tmp_path / "base"), warm_start=True)
+    parameters = {"workspace": str(tmp_path / "ws"), "spec": spec.to_json()}
     deployment_id = deployment("nightly-test", "0 3 * * *", parameters, timezone="Europe/Paris").apply()
     with get_client(sync_client=True) as client:
         registered = client.read_deployment(deployment_id)
@@ -28,8 +26,7 @@ def test_deployment_registers_with_cron_schedule(prefect_server, tmp_path):
     assert [(s.schedule.cron, s.schedule.timezone) for s in registered.schedules] == [
         ("0 3 * * *", "Europe/Paris")
     ]
-    assert registered.parameters["sources"] == [str(tmp_path / "data")]
-    assert registered.parameters["warm_start"] is True
+    assert ChainSpec.from_json(registered.parameters["spec"]) == spec
 
 
 def test_bad_cron_is_a_clear_error():
@@ -39,7 +36,9 @@ def test_bad_cron_is_a_clear_error():
 
 def _serve_args(tmp_path) -> list[str]:
     (tmp_path / "data").mkdir()
-    (tmp_path / "base").mkdir()
+    (tmp_path / "base").mkdir()  # passes the checks of a model folder (no run starts here)
+    (tmp_path / "base" / "config.json").write_text("{}")
+    (tmp_path / "base" / "model.safetensors").write_bytes(b"")
     return [
         "serve",
         "--cron",
@@ -80,4 +79,7 @@ def test_serve_names_a_missing_path(tmp_path):
     args = _serve_args(tmp_path)
     args[args.index("--base-model") + 1] = str(tmp_path / "missing")
     result = CliRunner().invoke(app, [*args, "-w", str(tmp_path / "ws")])
-    assert result.exit_code == 1 and f"base_model: {tmp_path / 'missing'} not found" in result.output
+    assert (
+        result.exit_code == 1
+        and f"--model: model path {tmp_path / 'missing'} does not exist" in result.output
+    )

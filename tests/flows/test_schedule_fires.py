@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from pipeline.sql import query
-from pipeline.synth_math import write_math_pairs
+from demo.synth_math import write_math_pairs
 from pipeline.workspace import Workspace
 from tests.flows.real_slice import tiny_base_model
 
@@ -172,12 +172,11 @@ def scheduler_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
 
 def _serve_command(ws: Workspace, base: Path, name: str, cron: str) -> list[str]:
     """`dpop serve` as a user runs it, with a one-step training config."""
-    train_config = ws.root.parent / "train.yaml"
-    train_config.write_text(yaml.safe_dump(TRAINING), encoding="utf-8")
+    config = ws.root.parent / "dpop.yaml"
+    config.write_text(yaml.safe_dump({"training": TRAINING}), encoding="utf-8")
     return [
         sys.executable, "-m", "flows.cli", "serve", "--cron", cron, "--name", name, "-w", str(ws.root),
-        "--source", str(ws.root.parent / "data"), "--base-model", str(base),
-        "--train-config", str(train_config),
+        "--input", str(ws.root.parent / "data"), "--model", str(base), "--config", str(config),
     ]  # fmt: skip
 
 
@@ -255,8 +254,10 @@ def test_serve_stops_cleanly(scheduler_server, tmp_path, stop_signal):
     from prefect.client.schemas.objects import DeploymentStatus
 
     write_math_pairs(tmp_path / "data" / "math.jsonl", 4)
-    ws, base = Workspace.open(tmp_path / "ws"), tmp_path / "base"  # no run starts: any folder will do
-    base.mkdir()
+    ws, base = Workspace.open(tmp_path / "ws"), tmp_path / "base"  # no run starts: a folder that passes
+    base.mkdir()  # the checks of a model folder will do
+    (base / "config.json").write_text("{}")
+    (base / "model.safetensors").write_bytes(b"")
     name = f"stop-{stop_signal.name.lower()}"
     server = scheduler_server.ready()
     api_url, home = server.api_url, server.home
