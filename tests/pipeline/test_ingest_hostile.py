@@ -156,7 +156,9 @@ def test_a_file_changed_in_place_mid_read_is_caught(tmp_path):
 
 def test_the_cli_shows_a_changing_file_as_one_line(tmp_path, monkeypatch):
     path = write(tmp_path / "data", "jsonl", versions(1)[0])
-    monkeypatch.setattr(ingest_stage, "_before_read", lambda source: path.write_bytes(path.read_bytes() + b"\n"))
+    monkeypatch.setattr(
+        ingest_stage, "_before_read", lambda source: path.write_bytes(path.read_bytes() + b"\n")
+    )
     result = CliRunner().invoke(app, ["ingest", str(path), "-w", str(tmp_path / "ws")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "changed while it was read" in "".join(result.output.split("\n"))
