@@ -1,7 +1,15 @@
 """Tokenise pairs into dpop_shard rows with a Hugging Face tokenizer from a local folder.
 
-Prompt: the tokenizer's chat template over the prompt messages with `add_generation_prompt=True`;
-without a chat template, the plain template
+The folder is read without transformers (which imports torch: seconds and hundreds of MiB per
+process): `tokenizer.json` through the `tokenizers` library, the special tokens from
+`tokenizer_config.json` (and the legacy `special_tokens_map.json`), the chat template from
+`chat_template.jinja` / `additional_chat_templates/` / `tokenizer_config.json`, rendered with jinja2 in
+the sandbox and with the options, filters and globals transformers uses (`FastTokenizer`). The ids are
+those of transformers' `apply_chat_template(..., add_generation_prompt=True)` and
+`tokenizer(text, add_special_tokens=False)` (tests/pipeline/test_tokenize.py checks it).
+
+Prompt: the chat template over the prompt messages with `add_generation_prompt=True`; without a chat
+template, the plain template
 
     <bos>User: <content>\\n\\nAssistant: <content>\\n\\n ... Assistant:<space>
 
@@ -13,16 +21,24 @@ Truncation rule ("keep_prompt_end_reject_long_response"): the prompt keeps its L
 plus chosen or prompt plus rejected exceeds `max_length` is rejected as `too_long` (stage tokenize),
 never cut, because a cut response is a different response.
 
-Texts go through the fast tokenizer in batches (Rust, parallel); truncation, EOS and the common
-prefix are numpy operations over flat token arrays and offsets, not per-row Python.
+Texts go through the Rust tokenizer in batches on a background thread (`PairTokenizer.start` returns
+at once; `finish` waits), so a caller renders, filters and writes one batch while the next is encoded:
+the encoder releases the GIL. Ids never become Python lists of lists: each chunk's encodings are read
+into one flat int32 array, and truncation, EOS and the common prefix are numpy operations over flat
+token arrays and offsets.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import sys
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +51,296 @@ from pipeline.curate.filters import PROMPT_KEY
 from pipeline.identity import file_sha256, tree_sha256
 
 TRUNCATION_RULE = "keep_prompt_end_reject_long_response"
+# Texts per encoder call: an Encoding holds ~76 bytes a token (tokens, offsets, masks) until its ids
+# are copied out, so a chunk bounds that to a few MB whatever the batch.
 _TOKENIZE_CHUNK = 1024
 PLAIN_TEMPLATE = "<bos>{Role}: {content}\\n\\n... Assistant: "
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "tokenizer_config.json"
+LEGACY_SPECIAL_TOKENS_FILE = "special_tokens_map.json"
+TEMPLATE_FILE = "chat_template.jinja"
+TEMPLATES_DIR = "additional_chat_templates"
+# transformers' named special tokens (PreTrainedTokenizerBase.SPECIAL_TOKENS_ATTRIBUTES)
+SPECIAL_TOKEN_NAMES = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
 
 
 def tokenizer_sha256(path: Path) -> str:
     """sha256 of the folder's `tokenizer.json` (the rule dpop.model_io.check_tokenizer applies), so a
     model folder with the same tokenizer matches the shards and its weights are not hashed; a folder
     without one (a slow tokenizer) falls back to the hash of the whole folder."""
-    tokenizer_json = Path(path) / "tokenizer.json"
+    tokenizer_json = Path(path) / TOKENIZER_FILE
     return file_sha256(tokenizer_json) if tokenizer_json.is_file() else tree_sha256(path)
+
+
+# --- the tokenizer folder, without transformers -------------------------------------------------------
+
+
+class FastTokenizer:
+    """A Hugging Face tokenizer folder as transformers (v5) loads it, read with `tokenizers` + jinja2.
+
+    - `backend`: `tokenizers.Tokenizer.from_file(tokenizer.json)` without truncation or padding, with
+      the special tokens the config names but tokenizer.json lacks added (as transformers adds them);
+    - `special_tokens`: the named special tokens (`bos_token`, `eos_token`, ..., and model-specific
+      `*_token` keys) as strings: what a chat template sees;
+    - `chat_template`: the default template (`chat_template.jinja`, else the config's `chat_template`;
+      of several named templates, the one named `default`), or None.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        from tokenizers import Tokenizer
+
+        self.path = Path(path)
+        tokenizer_json = self.path / TOKENIZER_FILE
+        if not tokenizer_json.is_file():
+            raise FileNotFoundError(
+                f"tokenizer folder {self.path} has no {TOKENIZER_FILE} (a fast tokenizer): convert it "
+                "once with transformers.AutoTokenizer.from_pretrained(folder).save_pretrained(folder)"
+            )
+        config = _read_json(self.path / CONFIG_FILE)
+        self.special_tokens, extra_tokens = _special_tokens(self.path, config)
+        self.backend = Tokenizer.from_file(str(tokenizer_json))
+        self.backend.no_truncation()
+        self.backend.no_padding()
+        self.backend.encode_special_tokens = bool(config.get("split_special_tokens", False))
+        _add_missing_tokens(self.backend, config, [*self.special_tokens.values(), *extra_tokens])
+        self.chat_template = _chat_template(self.path, config)
+
+    def token_id(self, name: str) -> int | None:
+        """Id of a named special token (`eos_token`, ...), None when the folder names none."""
+        token = self.special_tokens.get(name)
+        return None if token is None else self.backend.token_to_id(token)
+
+    def render(self, conversations: Sequence[Sequence[dict[str, Any]]]) -> list[str]:
+        """The chat template over each conversation with the generation prompt, as transformers'
+        `apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)`."""
+        if self.chat_template is None:
+            raise ValueError(f"tokenizer {self.path} has no chat template")
+        template = _compiled_template(self.chat_template)
+        return [
+            template.render(
+                messages=[_template_message(m) for m in messages],
+                tools=None,
+                documents=None,
+                add_generation_prompt=True,
+                **self.special_tokens,
+            )
+            for messages in conversations
+        ]
+
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Flat int32 ids and int64 offsets of `texts`, without special tokens. Holds the GIL only to
+        copy ids out (the Rust encoder releases it), so it can run on a thread beside other work."""
+        pieces, lengths = [], []
+        for start in range(0, len(texts), _TOKENIZE_CHUNK):
+            encodings = self.backend.encode_batch_fast(
+                list(texts[start : start + _TOKENIZE_CHUNK]), add_special_tokens=False
+            )
+            counts = np.fromiter(map(len, encodings), np.int64, len(encodings))
+            # one flat int32 array straight from the encodings: no list per text, no Arrow conversion
+            # of nested lists (that was ~70% of the cost of reading ids out)
+            ids = chain.from_iterable(e.ids for e in encodings)
+            pieces.append(np.fromiter(ids, np.int32, int(counts.sum())))
+            lengths.append(counts)
+        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+        if lengths:
+            np.cumsum(np.concatenate(lengths), out=offsets[1:])
+        values = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+        return values, offsets
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token as the config stores it: a string, or an AddedToken dict with `content`."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+def _special_tokens(folder: Path, config: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """(named special tokens, extra special tokens) as transformers v5 reads them: the config's values,
+    overridden by `special_tokens_map.json` when the config has no `added_tokens_decoder` (legacy
+    folders); named = the standard names, `extra_special_tokens`/`model_specific_special_tokens` given
+    as a dict, and any other `*_token` key holding a token."""
+    values = dict(config)
+    legacy = folder / LEGACY_SPECIAL_TOKENS_FILE
+    if "added_tokens_decoder" not in config and legacy.is_file():
+        values.update(_read_json(legacy))
+    named: dict[str, str] = {}
+    for key, value in values.items():
+        text = _token_text(value)
+        if text is not None and (key in SPECIAL_TOKEN_NAMES or key.endswith("_token")):
+            named[key] = text
+    extra: list[str] = []
+    for key in ("extra_special_tokens", "additional_special_tokens", "model_specific_special_tokens"):
+        group = values.get(key)
+        if isinstance(group, dict):  # model-specific named tokens (image_token, ...)
+            named.update({k: t for k, v in group.items() if (t := _token_text(v)) is not None})
+        elif isinstance(group, list):
+            extra += [t for v in group if (t := _token_text(v)) is not None]
+    return named, extra
+
+
+def _add_missing_tokens(backend: Any, config: dict[str, Any], special: list[str]) -> None:
+    """Add what transformers adds at load time: the config's `added_tokens_decoder` entries and the
+    special tokens tokenizer.json does not know (new ids after the vocabulary, in this order)."""
+    from tokenizers import AddedToken
+
+    known = set(backend.get_vocab(with_added_tokens=True))
+    entries = config.get("added_tokens_decoder")
+    decoder = entries if isinstance(entries, dict) else {}
+    for _, entry in sorted(decoder.items(), key=lambda item: int(item[0])):
+        if (
+            isinstance(entry, dict)
+            and isinstance(entry.get("content"), str)
+            and entry["content"] not in known
+        ):
+            options = {
+                k: v for k, v in entry.items() if k in ("single_word", "lstrip", "rstrip", "normalized")
+            }
+            token = AddedToken(entry["content"], special=bool(entry.get("special", False)), **options)
+            backend.add_tokens([token])
+            known.add(entry["content"])
+    for text in special:
+        if text not in known:
+            backend.add_tokens([AddedToken(text, special=True)])
+            known.add(text)
+
+
+def _chat_template(folder: Path, config: dict[str, Any]) -> str | None:
+    """The template `apply_chat_template` uses without tools: template files before the config's key;
+    of several named templates, `default`."""
+    templates: dict[str, str] = {}
+    if (folder / TEMPLATE_FILE).is_file():
+        templates["default"] = (folder / TEMPLATE_FILE).read_text(encoding="utf-8")
+    if (folder / TEMPLATES_DIR).is_dir():
+        for path in sorted((folder / TEMPLATES_DIR).glob("*.jinja")):
+            templates[path.name.removesuffix(".jinja")] = path.read_text(encoding="utf-8")
+    found: Any = templates or config.get("chat_template")
+    if isinstance(found, list):
+        found = {t["name"]: t["template"] for t in found if isinstance(t, dict) and "name" in t}
+    if isinstance(found, dict):
+        if "default" not in found:
+            names = ", ".join(sorted(found))
+            raise ValueError(f"tokenizer {folder}: several chat templates ({names}) and none named 'default'")
+        found = found["default"]
+    return found if isinstance(found, str) else None
+
+
+def _template_message(message: dict[str, Any]) -> dict[str, Any]:
+    # transformers drops the keys whose value is None before rendering (a null `content` would render
+    # as "None" in many templates)
+    return {key: value for key, value in message.items() if value is not None}
+
+
+@lru_cache(maxsize=8)
+def _compiled_template(source: str) -> Any:
+    """The template compiled as transformers compiles a chat template (utils/chat_template_utils.py):
+    an immutable sandbox, trim_blocks and lstrip_blocks, loop controls, `{% generation %}` blocks,
+    the `tojson` filter without HTML escaping, and the globals `raise_exception`, `strftime_now`,
+    `dict` and `namespace` (both restricted as there)."""
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    environment = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_generation_extension(), jinja2.ext.loopcontrols]
+    )
+    environment.filters["tojson"] = _tojson
+    environment.globals.update(_template_globals())
+    return environment.from_string(source)
+
+
+def _tojson(value: Any, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
+    # jinja's own tojson escapes HTML characters; transformers' does not
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
+
+
+def _generation_extension() -> type:
+    """`{% generation %}...{% endgeneration %}` renders its body (transformers tracks its span for
+    assistant masks; a prompt needs only the text)."""
+    import jinja2.ext
+    import jinja2.nodes
+
+    class Generation(jinja2.ext.Extension):
+        tags = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller: Any) -> str:
+            return caller()
+
+    return Generation
+
+
+def _template_globals() -> dict[str, Any]:
+    """transformers' template globals: `dict` and `namespace` restricted so that a template cannot
+    reach Python internals through them."""
+    import jinja2.exceptions
+    import jinja2.utils
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    class TemplateDict:
+        def __call__(self, *args: Any, **kwargs: Any) -> dict:
+            return dict(*args, **kwargs)
+
+        def fromkeys(self, *args: Any, **kwargs: Any) -> dict:
+            return dict.fromkeys(*args, **kwargs)
+
+    class TemplateNamespace(jinja2.utils.Namespace):
+        def __init__(*args: Any, **kwargs: Any) -> None:
+            self, args = args[0], args[1:]
+            attrs = dict(*args, **kwargs)
+            for name in attrs:
+                TemplateNamespace._check_name(name)
+            jinja2.utils.Namespace.__init__(self, attrs)
+
+        def __setitem__(self, name: str, value: Any) -> None:
+            TemplateNamespace._check_name(name)
+            jinja2.utils.Namespace.__setitem__(self, name, value)
+
+        @staticmethod
+        def _check_name(name: Any) -> None:
+            if isinstance(name, str) and name.startswith("_"):
+                raise jinja2.exceptions.SecurityError(
+                    f"chat templates cannot store underscore-prefixed attributes on a namespace: {name!r}"
+                )
+
+    return {
+        "raise_exception": raise_exception,
+        "strftime_now": lambda fmt: datetime.now().strftime(fmt),
+        "dict": TemplateDict(),
+        "namespace": TemplateNamespace,
+    }
+
+
+# --- pairs ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -59,24 +355,32 @@ class Tokenised:
     total_tokens: np.ndarray  # prompt + longer response, for the rejection detail
 
 
+@dataclass
+class PendingTokens:
+    """A batch whose distinct texts are being encoded (`PairTokenizer.start`): per column, the
+    future flat ids of its distinct texts and each row's index into them."""
+
+    rows: int
+    futures: dict[str, Future]
+    indices: dict[str, np.ndarray]
+
+
 class PairTokenizer:
-    """A local tokenizer plus the length limits; `encode(frame)` tokenises a batch of pairs."""
+    """A local tokenizer plus the length limits; `encode(frame)` tokenises a batch of pairs,
+    `start(frame)` / `finish(pending)` the same in two steps, the encoding on a background thread."""
 
     def __init__(self, path: str | os.PathLike[str], max_length: int, max_prompt_length: int):
-        from transformers import AutoTokenizer
-
         self.path = Path(path)
         if not self.path.is_dir():
             raise FileNotFoundError(f"tokenizer folder {self.path} not found")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
-        if self.tokenizer.eos_token_id is None:
+        self.tokenizer = FastTokenizer(self.path)
+        self.eos_token_id = self.tokenizer.token_id("eos_token")
+        if self.eos_token_id is None:
             raise ValueError(f"tokenizer {self.path} has no eos_token: responses need an end token")
         self.max_length, self.max_prompt_length = max_length, max_prompt_length
-        # our own limits apply (and reject instead of cutting): silence the model_max_length warning
-        self.tokenizer.model_max_length = sys.maxsize
-        self.chat_template = (
-            self.tokenizer.chat_template if isinstance(self.tokenizer.chat_template, str) else None
-        )
+        self.chat_template = self.tokenizer.chat_template
+        # one encoder thread per tokenizer: batches queue in order, the Rust encoder uses every core
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpop-tokenize")
 
     def info(self) -> dict[str, Any]:
         """What the manifest records about the tokenizer (hashes make the dataset id change with it)."""
@@ -86,55 +390,50 @@ class PairTokenizer:
             "sha256": tokenizer_sha256(self.path),
             "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
             "chat_template": "tokenizer" if self.chat_template is not None else "plain",
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "eos_token_id": self.tokenizer.eos_token_id,
+            "pad_token_id": self.tokenizer.token_id("pad_token"),
+            "eos_token_id": self.eos_token_id,
         }
 
     def prompt_texts(self, prompts: pl.Series) -> list[str]:
         if self.chat_template is not None:
-            conversations = prompts.to_list()
-            return self.tokenizer.apply_chat_template(
-                conversations, tokenize=False, add_generation_prompt=True
-            )
+            return self.tokenizer.render(prompts.to_list())
         turn = (
             pl.element().struct.field("role").str.to_titlecase() + ": " + pl.element().struct.field("content")
         )
-        bos = self.tokenizer.bos_token or ""
+        bos = self.tokenizer.special_tokens.get("bos_token") or ""
         text = (
             pl.lit(bos)
             + prompts.to_frame("p").select(pl.col("p").list.eval(turn).list.join("\n\n")).to_series()
         )
         return (pl.select(text).to_series() + "\n\nAssistant: ").to_list()
 
-    def _ids(self, texts: pa.Array | list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Flat int32 token ids and int64 offsets for a batch of texts; each distinct text is
-        tokenised once (real data repeats prompts and chosen answers across pairs)."""
-        encoded = pc.dictionary_encode(pa.array(texts, pa.string()) if isinstance(texts, list) else texts)
-        unique = encoded.dictionary.to_pylist()
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        pieces = []
-        # chunks bound the Python lists of ids (36 bytes per token) to a few MB whatever the batch
-        for start in range(0, len(unique), _TOKENIZE_CHUNK):
-            chunk = unique[start : start + _TOKENIZE_CHUNK]
-            if backend is not None:  # the Rust tokenizer directly: no per-text Python wrappers
-                ids = [e.ids for e in backend.encode_batch_fast(chunk, add_special_tokens=False)]
-            else:
-                ids = self.tokenizer(chunk, add_special_tokens=False, return_attention_mask=False)[
-                    "input_ids"
-                ]
-            pieces.append(pa.array(ids, type=pa.list_(pa.int32())))
-        array = pa.concat_arrays(pieces) if pieces else pa.array([], pa.list_(pa.int32()))
-        array = array.take(encoded.indices)
-        offsets = array.offsets.to_numpy().astype(np.int64)
-        values = array.values.to_numpy() if len(array.values) else np.zeros(0, np.int32)
-        return values, offsets - offsets[0] if len(offsets) else offsets
-
     def encode(self, frame: pl.DataFrame) -> Tokenised:
-        prompt_values, prompt_offsets = self._ids(self._prompt_texts_once(frame))
-        prompt_values, prompt_offsets = _keep_end(prompt_values, prompt_offsets, self.max_prompt_length)
-        eos = self.tokenizer.eos_token_id
-        chosen_values, chosen_offsets = _append(*self._ids(frame["chosen"].to_arrow()), eos)
-        rejected_values, rejected_offsets = _append(*self._ids(frame["rejected"].to_arrow()), eos)
+        return self.finish(self.start(frame))
+
+    def start(self, frame: pl.DataFrame) -> PendingTokens:
+        """Render the prompts and queue the batch's distinct texts on the encoder thread; returns at
+        once. Each distinct text of the batch is encoded once (real data repeats prompts and chosen
+        answers across pairs)."""
+        columns = {
+            "prompt": self._prompt_texts_once(frame),
+            "chosen": frame["chosen"].to_arrow(),
+            "rejected": frame["rejected"].to_arrow(),
+        }
+        futures, indices = {}, {}
+        for name, texts in columns.items():
+            encoded = pc.dictionary_encode(_as_array(texts))
+            indices[name] = encoded.indices.to_numpy(zero_copy_only=False)
+            futures[name] = self._encoder.submit(self.tokenizer.encode, encoded.dictionary.to_pylist())
+        return PendingTokens(frame.height, futures, indices)
+
+    def finish(self, pending: PendingTokens) -> Tokenised:
+        """Wait for a started batch; truncate prompts, append EOS, measure lengths and common prefixes."""
+        ids = {
+            name: _take(*future.result(), pending.indices[name]) for name, future in pending.futures.items()
+        }
+        prompt_values, prompt_offsets = _keep_end(*ids["prompt"], self.max_prompt_length)
+        chosen_values, chosen_offsets = _append(*ids["chosen"], self.eos_token_id)
+        rejected_values, rejected_offsets = _append(*ids["rejected"], self.eos_token_id)
         prompt_len = np.diff(prompt_offsets)
         longest = np.maximum(np.diff(chosen_offsets), np.diff(rejected_offsets))
         total = prompt_len + longest
@@ -153,12 +452,24 @@ class PairTokenizer:
         """Prompt texts per row, rendering each distinct prompt once (by prompt key when present)."""
         if PROMPT_KEY not in frame.columns:
             return pa.array(self.prompt_texts(frame["prompt"]), pa.string())
-        keys = pc.dictionary_encode(frame[PROMPT_KEY].to_arrow().cast(pa.string()))
-        if isinstance(keys, pa.ChunkedArray):
-            keys = keys.combine_chunks()
+        keys = pc.dictionary_encode(_as_array(frame[PROMPT_KEY].to_arrow().cast(pa.string())))
         first = pl.Series(keys.indices).arg_unique()  # first row of each distinct key, in key order
         texts = pa.array(self.prompt_texts(frame["prompt"].gather(first)), pa.string())
         return texts.take(keys.indices)
+
+
+def _as_array(array: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
+def _take(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows `rows` of a flat list array (values, offsets), as a new flat list array."""
+    lengths = np.diff(offsets)[rows]
+    new_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    # source index of output position j in row i: offsets[rows_i] + (j - new_offsets_i)
+    shift = np.repeat(offsets[:-1][rows] - new_offsets[:-1], lengths)
+    return values[np.arange(new_offsets[-1]) + shift], new_offsets
 
 
 def _list_array(values: np.ndarray, offsets: np.ndarray) -> pa.ListArray:
