@@ -5,8 +5,14 @@ same kernel: within each pair, every distinct word is given one code point (a de
 pair's words), so "chosen" and "rejected" become short strings of word symbols and their character
 Levenshtein distance is exactly the word Levenshtein distance. No per-row Python loop anywhere.
 
-Words are maximal runs of non-whitespace characters (Unicode White_Space), as `str.split()` would
-give on ordinary text.
+The word distance costs more than the character kernel itself (a split of every text, a hash of every
+word), so it is a column computed on demand: `score_pairs(..., word_distance=False)` leaves it out,
+and the build asks for it only when a filter of its curation config reads it
+(`pipeline.build_parts.needs_word_distance`). Word counts do not need the split: they are counted
+by one regex pass per text (Polars, a column per core).
+
+Words are maximal runs of non-whitespace characters, whitespace as Python's `str.isspace` (and
+`str.split()`) defines it: Unicode White_Space plus the separators U+001C..U+001F.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ SCORE_COLUMNS = (
     "len_rejected_words",
     "score_margin",
 )
+WORD_PATTERN = r"[^\s\x1c-\x1f]+"  # a word; Rust regex's \s is Unicode White_Space, Python adds 1C-1F
 _MAX_SYMBOLS = 0x10FFFF - 0x10000  # symbols are the supplementary planes, U+10000 upwards
 SCORE_BATCH_ROWS = 8192  # as the build's batches
 
@@ -116,35 +123,58 @@ def _utf8_strings(ids: np.ndarray, lengths: np.ndarray) -> pa.StringArray:
     )
 
 
-def score_pairs(table: pa.Table, batch_rows: int = SCORE_BATCH_ROWS) -> pa.Table:
-    """Add the score columns of the `preference_pair` contract (replacing any present) to a pair table.
-
-    A large table is scored `batch_rows` pairs at a time: the word splitting and the symbol strings
-    allocate several times the text size, and a bounded batch reuses the same (already mapped)
-    memory instead of touching fresh pages for the whole table: about 40% faster on a first call
-    over 50k pairs, and flat memory. The scores do not depend on the batching."""
-    if table.num_rows <= batch_rows:
-        return _score_batch(table)
-    return pa.concat_tables(
-        [_score_batch(table.slice(start, batch_rows)) for start in range(0, table.num_rows, batch_rows)]
+def word_counts(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Words per text (as `len(text.split())`), int64."""
+    frame = pl.DataFrame({"text": pl.Series(_as_array(texts), dtype=pl.String)})
+    return (
+        frame.select(pl.col("text").str.count_matches(WORD_PATTERN)).to_series().to_numpy().astype(np.int64)
     )
 
 
-def _score_batch(table: pa.Table) -> pa.Table:
+def _word_counts(prompt: pa.Array, chosen: pa.Array, rejected: pa.Array) -> dict[str, np.ndarray]:
+    """len_{prompt,chosen,rejected}_words in one Polars query: its three expressions run in parallel,
+    one regex pass over each text (the prompt's messages counted one by one: a word never spans two)."""
+    frame = pl.DataFrame(
+        [pl.Series("prompt", prompt), pl.Series("chosen", chosen), pl.Series("rejected", rejected)]
+    )
+    content = pl.element().struct.field("content").str.count_matches(WORD_PATTERN)
+    counts = frame.select(
+        pl.col("prompt").list.eval(content).list.sum().alias("len_prompt_words"),
+        pl.col("chosen").str.count_matches(WORD_PATTERN).alias("len_chosen_words"),
+        pl.col("rejected").str.count_matches(WORD_PATTERN).alias("len_rejected_words"),
+    )
+    return {name: counts[name].to_numpy().astype(np.int64) for name in counts.columns}
+
+
+def score_pairs(table: pa.Table, batch_rows: int = SCORE_BATCH_ROWS, word_distance: bool = True) -> pa.Table:
+    """Add the score columns of the `preference_pair` contract (replacing any present) to a pair table;
+    `word_distance=False` leaves out `word_edit_distance` (the costly one; see the module docstring).
+
+    A large table is scored `batch_rows` pairs at a time: the symbol strings of the word distance
+    allocate several times the text size, and a bounded batch reuses the same (already mapped) memory
+    instead of touching fresh pages for the whole table. The scores do not depend on the batching."""
+    if table.num_rows <= batch_rows:
+        return _score_batch(table, word_distance)
+    return pa.concat_tables(
+        [
+            _score_batch(table.slice(start, batch_rows), word_distance)
+            for start in range(0, table.num_rows, batch_rows)
+        ]
+    )
+
+
+def _score_batch(table: pa.Table, word_distance: bool) -> pa.Table:
     base = table.drop_columns([c for c in SCORE_COLUMNS if c in table.column_names])
     chosen, rejected = base.column("chosen").combine_chunks(), base.column("rejected").combine_chunks()
-    chosen_words, rejected_words = split_words(chosen), split_words(rejected)
-    contents = pc.struct_field(pc.list_flatten(base.column("prompt").combine_chunks()), "content")
-    message_owner = pc.list_parent_indices(base.column("prompt").combine_chunks()).to_numpy()
-    prompt_words = split_words(contents)
+    prompt = base.column("prompt").combine_chunks()
+    contents = pc.struct_field(pc.list_flatten(prompt), "content")
+    message_owner = pc.list_parent_indices(prompt).to_numpy()
     n = base.num_rows
     lengths = {
         "len_prompt_chars": np.bincount(message_owner, pc.utf8_length(contents).to_numpy(), minlength=n),
         "len_chosen_chars": pc.utf8_length(chosen).to_numpy(),
         "len_rejected_chars": pc.utf8_length(rejected).to_numpy(),
-        "len_prompt_words": np.bincount(message_owner, prompt_words.counts, minlength=n),
-        "len_chosen_words": chosen_words.counts,
-        "len_rejected_words": rejected_words.counts,
+        **_word_counts(prompt, chosen, rejected),
     }
     distance = edit_distances(chosen, rejected)
     longest = np.maximum(lengths["len_chosen_chars"], lengths["len_rejected_chars"])
@@ -153,13 +183,11 @@ def _score_batch(table: pa.Table) -> pa.Table:
         margin = pc.subtract(base.column("chosen_score"), base.column("rejected_score"))
     else:
         margin = pa.nulls(base.num_rows, pa.float64())
-    columns = {
-        "edit_distance": pa.array(distance, pa.int64()),
-        "edit_ratio": pa.array(ratio, pa.float64()),
-        "word_edit_distance": pa.array(edit_distances(*words_to_symbols(chosen_words, rejected_words))),
-        **{name: pa.array(values.astype(np.int64)) for name, values in lengths.items()},
-        "score_margin": margin,
-    }
+    columns = {"edit_distance": pa.array(distance, pa.int64()), "edit_ratio": pa.array(ratio, pa.float64())}
+    if word_distance:
+        columns["word_edit_distance"] = pa.array(word_edit_distances(chosen, rejected), pa.int64())
+    columns.update({name: pa.array(values.astype(np.int64)) for name, values in lengths.items()})
+    columns["score_margin"] = margin
     for name, values in columns.items():
         base = base.append_column(name, values)
     contract = load_contract("preference_pair")

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from rapidfuzz.distance import Levenshtein
 
 from pipeline.contracts import validate
-from pipeline.score import score_pairs, word_edit_distances
+from pipeline.score import score_pairs, word_counts, word_edit_distances
 from tests.pipeline._pairs import pair_table
 
 
@@ -125,3 +125,30 @@ def test_scores_do_not_depend_on_the_batching() -> None:
     ]
     table = pair_table(rows)
     assert score_pairs(table, batch_rows=3).equals(score_pairs(table))
+
+
+# every character Python's str.split() treats as whitespace, and a few that it does not
+WHITESPACE = [chr(c) for c in range(0x3001) if chr(c).isspace()]
+any_text = st.lists(
+    st.sampled_from([*WHITESPACE, "a", "é", "日本", "x1", "\u200b", "\ufeff", "\U0001f600"]), max_size=30
+).map("".join)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(any_text, min_size=1, max_size=10))
+def test_word_counts_equal_python_split(texts: list[str]) -> None:
+    assert word_counts(pa.array(texts)).tolist() == [len(t.split()) for t in texts]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(any_text, any_text, any_text), min_size=1, max_size=10))
+def test_word_distance_is_a_column_on_demand(rows: list[tuple[str, str, str]]) -> None:
+    table = pair_table([{"prompt": p or "q", "chosen": c, "rejected": r} for p, c, r in rows])
+    full, cheap = score_pairs(table), score_pairs(table, word_distance=False)
+    assert "word_edit_distance" not in cheap.column_names
+    assert cheap.equals(full.drop_columns(["word_edit_distance"]))
+    validate(cheap, "preference_pair")
+    prompts = [p or "q" for p, _, _ in rows]
+    assert cheap["len_prompt_words"].to_pylist() == [len(p.split()) for p in prompts]
+    expected = [Levenshtein.distance(c.split(), r.split()) for _, c, r in rows]
+    assert full["word_edit_distance"].to_pylist() == expected
