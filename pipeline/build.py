@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.build_parts import (
@@ -46,6 +47,8 @@ from pipeline.build_parts import (
     ScoreResult,
     ShardResult,
     ipc_tables,
+    needs_word_distance,
+    pair_schema,
     plan_partitions,
     read_rows,
     rebatch,
@@ -57,7 +60,14 @@ from pipeline.build_parts import (
 )
 from pipeline.contracts import load_contract
 from pipeline.curate.config import CurationConfig, load_curation_config
-from pipeline.curate.filters import ORDER, Filter, FilterCount, build_filters, check_sql_filters, run_filters
+from pipeline.curate.filters import (
+    ORDER,
+    PROMPT_KEY,
+    Filter,
+    FilterCount,
+    build_filters,
+    check_sql_filters,
+)
 from pipeline.funnel import FunnelStep, funnel_json, read_funnel, rejected_by_reason
 from pipeline.identity import file_sha256
 from pipeline.manifest import DatasetManifest, IngestInput, Parent, SplitInfo, TokenizerInfo
@@ -138,7 +148,9 @@ class BuildStage(Stage):
     `batch_rows` bounds a part's memory and changes nothing in the output, so it is not part of the id."""
 
     name = "build"
-    version = 2  # 2: partitioned build (a partition's shards are its own files)
+    # 2: partitioned build (a partition's shards are its own files); 3: word_edit_distance only when a
+    # filter reads it (kept pairs without that column otherwise)
+    version = 3
     id_prefix = "ds"
     placement = "data"
     partitioned = True
@@ -227,7 +239,7 @@ class BuildStage(Stage):
             self.curation, _decontamination_only_in_parts if self.decontaminate_sha256 else None
         )
         counts = {f.name: FilterCount(f.name, f.reason) for f in filters}
-        _check_sql(tasks, [f for f in filters if not f.global_scope])
+        _check_sql(tasks, [f for f in filters if not f.global_scope], needs_word_distance(self.curation))
         ctx.progress(0, 3, f"scoring and filtering {len(tasks)} partition(s)")
         scored = ctx.map(SCORE_PHASE, score_part, tasks)
         for result in scored:
@@ -235,7 +247,8 @@ class BuildStage(Stage):
                 counts[name].rows_in += rows_in
                 counts[name].dropped += dropped
         ctx.progress(1, 3, "duplicates and pairs per prompt over all partitions")
-        _global_drops(tasks, [f for f in filters if f.global_scope], counts)
+        global_filters = [f for f in filters if f.global_scope]
+        _global_drops(tasks, global_filters, counts, self.curation.filters.max_pairs_per_prompt)
         ctx.progress(2, 3, f"splitting, tokenising and sharding {len(tasks)} partition(s)")
         sharded = ctx.map(SHARD_PHASE, shard_part, tasks)
         output = self._finish(ctx, tasks, _funnel(scored, counts, sharded), sharded)
@@ -268,8 +281,10 @@ class BuildStage(Stage):
         self, ctx: StageContext, tasks: list[PartTask], funnel: list[FunnelStep], sharded: list[ShardResult]
     ) -> StageOutput:
         """Merge the parts into the dataset's files, write the manifest and describe the outputs."""
-        _merge_parquet([t.path("pairs") for t in tasks], ctx.out / PAIRS_FILE, "preference_pair")
-        _merge_parquet([t.path("rejections") for t in tasks], ctx.out / REJECTIONS_FILE, "rejection")
+        pairs_schema = pair_schema(needs_word_distance(self.curation))
+        _merge_parquet([t.path("pairs") for t in tasks], ctx.out / PAIRS_FILE, pairs_schema)
+        rejections_schema = load_contract("rejection").schema()
+        _merge_parquet([t.path("rejections") for t in tasks], ctx.out / REJECTIONS_FILE, rejections_schema)
         splits = _name_shards(ctx.out, tasks, sharded, self.curation.shards.rows_per_shard)
         shutil.rmtree(ctx.out / PARTS_DIR)
         manifest = self._manifest(funnel, splits)
@@ -357,34 +372,131 @@ class BuildStage(Stage):
 # --- driver steps -------------------------------------------------------------------------------------
 
 
-def _check_sql(tasks: list[PartTask], row_filters: list[Filter]) -> None:
+def _check_sql(tasks: list[PartTask], row_filters: list[Filter], word_distance: bool) -> None:
     """Evaluate the SQL filters on a scored pair's columns (no rows): a bad predicate fails before any
     part runs, with DuckDB's message and the filter's name."""
     if not tasks or not any(f.sql is not None for f in row_filters):
         return
     first = tasks[0].partition
     table = next(read_rows(first.pairs_path, first.start, first.start + 1, 1))
-    check_sql_filters(row_filters, scored_frame(table, 0))
+    check_sql_filters(row_filters, scored_frame(table, 0, word_distance))
 
 
 def _global_drops(
-    tasks: list[PartTask], global_filters: list[Filter], counts: dict[str, FilterCount]
+    tasks: list[PartTask],
+    global_filters: list[Filter],
+    counts: dict[str, FilterCount],
+    max_per_prompt: int | None,
 ) -> None:
     """The global filters over the keys of every pair the row filters kept, in input order; each
-    partition's drops go to its `drops` file (order, reason, detail) for its phase-2 part."""
+    partition's drops go to its `drops` file (order, reason, detail) for its phase-2 part.
+
+    The keys are numpy arrays (40 bytes a pair) and the two global filters are sorts over them, not
+    hash tables: a stable lexsort puts equal keys next to each other in input order. The Polars
+    expressions of `run_filters` need about 7x the key frame's size (about 300 MB a million pairs
+    over a 40 MB frame); these need about 1.7x."""
     if not tasks:
         return
-    keys = pl.concat([pl.read_ipc(t.path("keys")) for t in tasks]).sort(ORDER)
-    _, dropped = run_filters(keys, global_filters, counts)
-    del keys
-    if dropped is None:
+    keys = _read_keys(tasks)
+    alive = np.flatnonzero(np.ones(len(keys[ORDER]), dtype=bool))  # positions still kept
+    dropped = []
+    for item in global_filters:
+        count = counts.setdefault(item.name, FilterCount(item.name, item.reason))
+        count.rows_in += len(alive)
+        drop = _global_mask(item, keys, alive, max_per_prompt)
+        if drop.any():
+            count.dropped += int(drop.sum())
+            orders = keys[ORDER][alive[drop]]
+            dropped.append(
+                pl.DataFrame({ORDER: orders}).with_columns(
+                    reason=pl.lit(item.reason), detail=pl.lit(item.detail)
+                )
+            )
+            alive = alive[~drop]
+    del keys, alive
+    if not dropped:
         return
-    dropped = dropped.select(ORDER, "reason", "detail")
+    frame = pl.concat(dropped)
     offsets = np.array([t.partition.offset for t in tasks], dtype=np.int64)
-    owner = np.searchsorted(offsets, dropped[ORDER].to_numpy(), side="right") - 1
-    dropped = dropped.with_columns(pl.Series("_partition", owner))
-    for (index,), rows in dropped.partition_by("_partition", as_dict=True).items():
+    owner = np.searchsorted(offsets, frame[ORDER].to_numpy(), side="right") - 1
+    frame = frame.with_columns(pl.Series("_partition", owner))
+    for (index,), rows in frame.partition_by("_partition", as_dict=True).items():
         rows.drop("_partition").write_ipc(tasks[index].path("drops"))
+
+
+KEY_FIELDS = (("pair_id", "pair"), (PROMPT_KEY, "prompt"))
+
+
+def _read_keys(tasks: list[PartTask]) -> dict[str, np.ndarray]:
+    """Every partition's keys as flat numpy arrays (input order; `pair_hi`, `pair_lo`, `prompt_hi`,
+    `prompt_lo`: the 128-bit keys as two u64), read from the memory-mapped key files."""
+    pieces: dict[str, list[np.ndarray]] = {
+        ORDER: [],
+        **{f"{k}_{h}": [] for _, k in KEY_FIELDS for h in ("hi", "lo")},
+    }
+    for task in tasks:
+        with pa.memory_map(str(task.path("keys"))) as source:
+            table = pa.ipc.open_file(source).read_all()
+            pieces[ORDER].append(table.column(ORDER).to_numpy())
+            for column, name in KEY_FIELDS:
+                struct = table.column(column).combine_chunks()
+                for half in ("hi", "lo"):
+                    pieces[f"{name}_{half}"].append(struct.field(half).to_numpy())
+    keys = {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in pieces.items()}
+    if len(keys[ORDER]) > 1 and not (np.diff(keys[ORDER]) > 0).all():  # partitions come in input order
+        raise RuntimeError("build: the partitions' keys are not in input order")
+    return keys
+
+
+def _global_mask(
+    item: Filter, keys: dict[str, np.ndarray], alive: np.ndarray, max_per_prompt: int | None
+) -> np.ndarray:
+    """Which of the `alive` rows the global filter drops."""
+    if item.name == "duplicate_pair":
+        return _repeats(keys["pair_hi"][alive], keys["pair_lo"][alive])
+    if item.name == "max_pairs_per_prompt" and max_per_prompt is not None:
+        return _rank_in_group(keys["prompt_hi"][alive], keys["prompt_lo"][alive]) >= max_per_prompt
+    # any other global filter: its own expression over the key frame (Polars, the general path)
+    frame = pl.DataFrame(
+        {
+            ORDER: keys[ORDER][alive],
+            **{
+                column: pl.DataFrame(
+                    {"hi": keys[f"{name}_hi"][alive], "lo": keys[f"{name}_lo"][alive]}
+                ).to_struct()
+                for column, name in KEY_FIELDS
+            },
+        }
+    )
+    return item.drop_mask(frame).to_numpy()
+
+
+def _group_runs(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(perm, starts): the stable order that puts equal (hi, lo) keys together, input order kept
+    within a key; `starts[i]` is True where a new key begins in that order."""
+    perm = np.lexsort((lo, hi))
+    sorted_hi, sorted_lo = hi[perm], lo[perm]
+    starts = np.ones(len(perm), dtype=bool)
+    starts[1:] = (sorted_hi[1:] != sorted_hi[:-1]) | (sorted_lo[1:] != sorted_lo[:-1])
+    return perm, starts
+
+
+def _repeats(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """True where the key appeared at an earlier position (`~is_first_distinct`)."""
+    perm, starts = _group_runs(hi, lo)
+    repeat = np.zeros(len(perm), dtype=bool)
+    repeat[perm[~starts]] = True
+    return repeat
+
+
+def _rank_in_group(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Each row's 0-based rank among the rows with its key, in input order (`int_range().over(key)`)."""
+    perm, starts = _group_runs(hi, lo)
+    position = np.arange(len(perm))
+    first = np.maximum.accumulate(np.where(starts, position, 0))
+    rank = np.empty(len(perm), dtype=np.int64)
+    rank[perm] = position - first
+    return rank
 
 
 def _funnel(
@@ -398,10 +510,9 @@ def _funnel(
     return steps
 
 
-def _merge_parquet(parts: list[Path], out: Path, contract_name: str) -> None:
+def _merge_parquet(parts: list[Path], out: Path, schema: pa.Schema) -> None:
     """Concatenate Arrow IPC parts into one Parquet file in row groups of ROW_GROUP_ROWS, one row group
     in memory at a time; each part is deleted once copied."""
-    schema = load_contract(contract_name).schema()
 
     def tables():
         for path in parts:

@@ -19,11 +19,23 @@ decontamination index once per process:
 Phase 1 reads its rows `batch_rows` at a time (memory); phase 2 always works in batches of
 `SHARD_BATCH_ROWS` staged rows, so the files a build writes do not depend on `batch_rows`.
 Intermediate files are uncompressed Arrow IPC: they are written and read once, on the same disk.
+
+Both phases are pipelined on two threads, because the heavy kernels release the GIL while the rest is
+Python: phase 1 scores batch k+1 (rapidfuzz, Polars, Arrow) on a worker thread while this thread
+filters, keys and writes batch k; phase 2 queues batch k+1 on the tokenizer's encoder thread (Rust, every
+core) while this thread finishes and writes batch k. Results are consumed in order, so the bytes are
+those of a serial run.
+
+`word_edit_distance` is scored only when a filter reads it (`needs_word_distance`); otherwise the
+staged and kept pairs have no such column (the contract's score columns are optional).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,7 +53,7 @@ from pipeline.curate.split import prompt_keys, split_expr
 from pipeline.identity import file_sha256, stable_hash
 from pipeline.score import SCORE_COLUMNS, score_pairs
 from pipeline.shards import SPLITS, ShardInfo, SplitWriter
-from pipeline.tokenize import PairTokenizer
+from pipeline.tokenize import PairTokenizer, PendingTokens
 
 PARTS_DIR = "parts"
 # Phase 2's batch: fixed, so the kept pairs' and shards' layout depends on the data and the
@@ -69,6 +81,8 @@ _REJECTION_DTYPES = {
     ORDER: pl.Int64,
 }
 _DROPS_SCHEMA = {ORDER: pl.Int64, "reason": pl.String, "detail": pl.String}
+WORD_DISTANCE = "word_edit_distance"
+_NAMES_WORD_DISTANCE = re.compile(rf"\b{WORD_DISTANCE}\b", re.IGNORECASE)  # SQL names are case-blind
 
 
 class IngestLike(Protocol):
@@ -274,17 +288,47 @@ def write_ipc(path: Path, table: pa.Table) -> None:
         writer.write_table(table)
 
 
-def _stage_schema() -> pa.Schema:
+def needs_word_distance(curation: CurationConfig) -> bool:
+    """Whether a filter of the config reads `word_edit_distance` (a user SQL filter names it): the
+    build scores that costly column only then."""
+    predicates = [user.drop_where or user.keep_where or "" for user in curation.filters.user]
+    return any(_NAMES_WORD_DISTANCE.search(predicate) for predicate in predicates)
+
+
+def pair_schema(word_distance: bool, split: bool = True) -> pa.Schema:
+    """The kept pairs' schema: the `preference_pair` contract, without `word_edit_distance` when the
+    build did not score it (and without `split` before the split)."""
     contract = load_contract("preference_pair")
-    schema = contract.schema([c for c in contract.columns if c != "split"])
+    skip = set() if word_distance else {WORD_DISTANCE}
+    if not split:
+        skip.add("split")
+    return contract.schema([c for c in contract.columns if c not in skip])
+
+
+def _stage_schema(word_distance: bool) -> pa.Schema:
+    schema = pair_schema(word_distance, split=False)
     return schema.append(pa.field(ORDER, pa.int64())).append(pa.field(PROMPT_KEY, pa.string()))
 
 
-def scored_frame(table: pa.Table, first_order: int) -> pl.DataFrame:
+def scored_frame(table: pa.Table, first_order: int, word_distance: bool = True) -> pl.DataFrame:
     """A batch of pairs scored, with its global input order."""
-    scored = score_pairs(table.drop_columns([c for c in SCORE_COLUMNS if c in table.column_names]))
+    base = table.drop_columns([c for c in SCORE_COLUMNS if c in table.column_names])
+    scored = score_pairs(base, word_distance=word_distance)
     order = pl.int_range(first_order, first_order + scored.num_rows, dtype=pl.Int64).alias(ORDER)
     return pl.from_arrow(scored).with_columns(order)
+
+
+def ahead(items: Iterable[Any], fn: Callable[[Any], Any]) -> Iterator[Any]:
+    """`fn` over `items` on a worker thread, one item ahead: while the caller works on result k, the
+    worker computes result k+1. Results come in order; at most two are held."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpop-build") as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > 1:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _rejections(dropped: pl.DataFrame | None, stage: str) -> pl.DataFrame:
@@ -315,17 +359,25 @@ def _key128(column: str) -> pl.Expr:
 # --- phase 1: score, row filters, prompt keys --------------------------------------------------------
 
 
+def _numbered(tables: Iterable[pa.Table], first_order: int) -> Iterator[tuple[pa.Table, int]]:
+    """Each table with the global input order of its first row."""
+    for table in tables:
+        yield table, first_order
+        first_order += table.num_rows
+
+
 def score_part(task: PartTask) -> ScoreResult:
     """Score and row-filter one partition; stage the survivors, their keys and the rejections."""
     part, settings = task.partition, task.settings
     row_filters = [f for f in part_filters(settings) if not f.global_scope]
     counts = {f.name: FilterCount(f.name, f.reason) for f in row_filters}
-    schema = _stage_schema()
+    word_distance = needs_word_distance(settings.curation)
+    schema = _stage_schema(word_distance)
     keys, rejected = [], []
     rows_in = 0
+    tables = _numbered(read_rows(part.pairs_path, part.start, part.stop, settings.batch_rows), part.offset)
     with pa.OSFile(str(task.path("staged")), "wb") as sink, pa.ipc.new_file(sink, schema) as staged:
-        for table in read_rows(part.pairs_path, part.start, part.stop, settings.batch_rows):
-            frame = scored_frame(table, part.offset + rows_in)
+        for frame in ahead(tables, lambda item: scored_frame(*item, word_distance=word_distance)):
             rows_in += frame.height
             kept, dropped = run_filters(frame, row_filters, counts)
             rejected.append(_rejections(dropped, "curate"))
@@ -363,18 +415,28 @@ class _ShardState:
 
 
 def shard_part(task: PartTask) -> ShardResult:
-    """Drop global rejects, split, tokenise and write one partition's kept pairs, rejections and shards."""
+    """Drop global rejects, split, tokenise and write one partition's kept pairs, rejections and shards.
+
+    Batch k+1 is queued on the encoder thread before batch k is finished and written, so the Rust
+    encoder runs while this thread renders, filters and writes."""
     settings = task.settings
     state = _ShardState(task, part_tokenizer(settings), {}, [], {split: 0 for split in SPLITS})
     state.rejected.append(pl.read_ipc(task.path("rejected")))
     drops = _read_drops(task)
     pair_contract = load_contract("preference_pair")
-    schema = pair_contract.schema()
+    schema = pair_schema(needs_word_distance(settings.curation))
+    started: deque[tuple[pl.DataFrame, PendingTokens]] = deque()
     with pa.OSFile(str(task.path("pairs")), "wb") as sink, pa.ipc.new_file(sink, schema) as pairs:
         for table in rebatch(ipc_tables(task.path("staged")), SHARD_BATCH_ROWS):
-            kept = _shard_batch(state, pl.from_arrow(table), drops)
-            if kept is not None:
+            frame = _split_batch(state, pl.from_arrow(table), drops)
+            if frame is not None:
+                started.append((frame, state.tokenizer.start(frame)))
+            while len(started) > 1:  # one batch encoding while the one before it is written
+                kept = _tokenized_batch(state, *started.popleft())
                 pairs.write_table(pair_contract.conform(kept.select(schema.names).to_arrow()))
+        while started:
+            kept = _tokenized_batch(state, *started.popleft())
+            pairs.write_table(pair_contract.conform(kept.select(schema.names).to_arrow()))
     shards = tuple((split, tuple(writer.close())) for split, writer in state.writers.items())
     rejections = pl.concat(state.rejected).sort(ORDER).drop(ORDER).to_arrow()
     _check_conservation(task.partition, sum(state.split_rows.values()), rejections.num_rows)
@@ -406,8 +468,9 @@ def _read_drops(task: PartTask) -> pl.DataFrame:
     return pl.read_ipc(path) if path.is_file() else pl.DataFrame(schema=_DROPS_SCHEMA)
 
 
-def _shard_batch(state: _ShardState, frame: pl.DataFrame, drops: pl.DataFrame) -> pl.DataFrame | None:
-    """One batch of staged pairs: the kept ones (with their split), shards written, rejections kept."""
+def _split_batch(state: _ShardState, frame: pl.DataFrame, drops: pl.DataFrame) -> pl.DataFrame | None:
+    """One batch of staged pairs without the global rejects (kept as rejections), with its split;
+    None when nothing is left."""
     if drops.height:
         # pairs dropped by a global filter become rejections here, where their columns are
         is_dropped = pl.col(ORDER).is_in(drops[ORDER].implode())
@@ -417,16 +480,20 @@ def _shard_batch(state: _ShardState, frame: pl.DataFrame, drops: pl.DataFrame) -
     if frame.height == 0:
         return None
     eval_fraction = state.task.settings.curation.split.eval_fraction
-    frame = frame.with_columns(split_expr(PROMPT_KEY, eval_fraction).alias("split"))
-    kept, shard_rows = _tokenize_batch(state, frame)
+    return frame.with_columns(split_expr(PROMPT_KEY, eval_fraction).alias("split"))
+
+
+def _tokenized_batch(state: _ShardState, frame: pl.DataFrame, pending: PendingTokens) -> pl.DataFrame:
+    """A started batch finished: pairs over max_length rejected, the kept ones' shard rows written;
+    returns the kept pairs (with their split)."""
+    kept, shard_rows = _tokenize_batch(state, frame, state.tokenizer.finish(pending))
     for split in SPLITS:
         state.write_shards(split, shard_rows.filter(pa.array((kept["split"] == split).to_numpy())))
     return kept
 
 
-def _tokenize_batch(state: _ShardState, frame: pl.DataFrame) -> tuple[pl.DataFrame, pa.Table]:
-    """Tokenise a batch; reject pairs over max_length; return (kept pairs, their shard rows)."""
-    tokens = state.tokenizer.encode(frame)
+def _tokenize_batch(state: _ShardState, frame: pl.DataFrame, tokens: Any) -> tuple[pl.DataFrame, pa.Table]:
+    """Reject a tokenised batch's pairs over max_length; return (kept pairs, their shard rows)."""
     state.tokenize_rows_in += frame.height
     too_long = pl.Series(tokens.too_long)
     if too_long.any():

@@ -219,3 +219,30 @@ def test_real_data_ingest_then_build(workspace: Workspace, shared_data: Path, to
         kept = pairs.filter(pl.col("source_uri") == item.source_uri).height
         assert rows_in == kept + rejections.filter(pl.col("source_uri") == item.source_uri).height
     assert result.rows_kept > 2000 and result.eval_rows > 0
+
+
+def test_word_edit_distance_only_when_a_filter_reads_it(tmp_path: Path, tok_path: Path) -> None:
+    from pipeline.build_parts import needs_word_distance
+    from pipeline.curate.config import load_curation_config
+    from pipeline.score import word_edit_distances
+
+    reads = {
+        **CONFIG["filters"],
+        "user": [{"name": "words", "drop_where": "WORD_EDIT_DISTANCE = 1 AND len_chosen_words > 50"}],
+    }
+    config = {**CONFIG, "filters": reads}
+    assert needs_word_distance(load_curation_config(config))
+    assert not needs_word_distance(load_curation_config(CONFIG))
+    plain_ws, words_ws = Workspace.open(tmp_path / "plain"), Workspace.open(tmp_path / "words")
+    plain = build_dataset(plain_ws, CONFIG, tok_path, make_ingests(plain_ws.root))
+    words = build_dataset(words_ws, config, tok_path, make_ingests(words_ws.root))
+    plain_pairs = pl.read_parquet(plain.dataset_dir / "pairs.parquet")
+    words_pairs = pl.read_parquet(words.dataset_dir / "pairs.parquet")
+    assert "word_edit_distance" not in plain_pairs.columns  # not scored: no filter reads it
+    # scored and used: the long answer one word apart is dropped by the filter
+    assert dict((s, d) for s, _, d, _ in words.funnel)["user.words"] == 1
+    expected = word_edit_distances(words_pairs["chosen"].to_arrow(), words_pairs["rejected"].to_arrow())
+    assert words_pairs["word_edit_distance"].to_list() == expected.tolist()
+    assert plain_pairs.drop("split").columns == [
+        c for c in words_pairs.drop("split").columns if c != "word_edit_distance"
+    ]

@@ -84,3 +84,36 @@ def test_read_rows_reads_exactly_the_range(
         out = list(read_rows(path, start, stop, batch))
     assert [v for t in out for v in t.column("n").to_pylist()] == list(range(start, stop))
     assert all(t.num_rows == batch for t in out[:-1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    keys=st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 2), st.integers(0, 2)), max_size=60
+    ),
+    limit=st.integers(1, 4),
+)
+def test_global_filters_on_sorted_keys_equal_the_polars_filters(keys, limit: int) -> None:
+    """The driver's sorts over numpy keys drop exactly what the filters' Polars expressions drop."""
+    import numpy as np
+    import polars as pl
+
+    from pipeline.build import _rank_in_group, _repeats
+    from pipeline.curate.config import load_curation_config
+    from pipeline.curate.filters import ORDER, PROMPT_KEY, FilterCount, build_filters, run_filters
+
+    big = 2**64 - 1  # u64 extremes too
+    columns = [np.array([k[i] for k in keys], dtype=np.uint64) * np.uint64(big // 3) for i in range(4)]
+    frame = pl.DataFrame(
+        {
+            ORDER: np.arange(len(keys), dtype=np.int64),
+            "pair_id": pl.DataFrame({"hi": columns[0], "lo": columns[1]}).to_struct(),
+            PROMPT_KEY: pl.DataFrame({"hi": columns[2], "lo": columns[3]}).to_struct(),
+        }
+    )
+    config = load_curation_config({"filters": {"max_pairs_per_prompt": limit}})
+    global_filters = [f for f in build_filters(config) if f.global_scope]
+    kept, _ = run_filters(frame, global_filters, {n: FilterCount(n, n) for n in ("a",)})
+    alive = np.flatnonzero(~_repeats(columns[0], columns[1]))
+    alive = alive[_rank_in_group(columns[2][alive], columns[3][alive]) < limit]
+    assert alive.tolist() == kept[ORDER].to_list()
