@@ -28,6 +28,7 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
+from dpop.logps import PACKINGS
 from dpop.losses import LOSSES
 from pipeline.config import ConfigError, load, load_file, setting, validate_fields
 from pipeline.identity import file_sha256
@@ -64,6 +65,12 @@ class TrainConfig(TrainingArguments):
     group_by_length: bool = setting(True, help="batch rows of similar length (less padding)")
     length_window: int | None = setting(
         None, ge=1, le=BIG, help="rows sorted together; null: 50 x global batch"
+    )
+    packing: str = setting(
+        "none",
+        choices=PACKINGS,
+        help="batch layout: none (padded) | padding_free (packed sequences) | shared_prompt "
+        "(prompt computed once per pair); falls back where the attention implementation cannot",
     )
 
     # ----- TrainingArguments fields: dpop's defaults, and a range for every number -----
@@ -247,6 +254,8 @@ NOT_IN_IDENTITY = CHOOSES_THE_MODEL | frozenset(
         "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
         "dataloader_prefetch_factor", "dataloader_multiprocessing_context", "use_cpu", "local_rank",
         "ddp_timeout", "ddp_backend", "ddp_bucket_cap_mb", "torch_empty_cache_steps", "trust_remote_code",
+        # the batch layout: the same tokens in the same contexts, only the arithmetic's order differs
+        "packing",
     }
 )  # fmt: skip
 

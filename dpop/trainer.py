@@ -15,9 +15,11 @@ run is about (dataset id, reference model, source files, config) to those tracke
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +29,9 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
-from dpop.config import TrainConfig
+from dpop.config import HardwareFallbackWarning, TrainConfig
 from dpop.data import LengthGroupedSampler, ShardDataset
-from dpop.logps import pair_logps, post_edit_stats
+from dpop.logps import PairCollator, pair_logps, post_edit_stats, resolve_packing
 from dpop.losses import LOSSES, dpop_penalty
 
 # Order of the packed per-step sums; metrics are sum / pairs except the post-edit one (per token).
@@ -76,11 +78,28 @@ class DPOPTrainer(Trainer):
         # No `labels`/`num_items_in_batch`: our loss is a mean over pairs, not over tokens.
         self.model_accepts_loss_kwargs = False
         self._sums: dict[str, torch.Tensor | None] = {"train": None, "eval": None}
+        self.data_collator = self._laid_out(self.data_collator)
         # After the stock integrations in the callback list: they have opened their runs when it speaks.
         self.trackers = TrackerContextCallback(self.callback_handler, self.run_context)
         self.add_callback(self.trackers)
 
     # ----- data -----
+    def _laid_out(self, collator: Any) -> Any:
+        """Our collator with the config's `packing`, or the nearest layout this model's attention
+        implementation can run (one warning saying why); any other collator is left alone."""
+        if not isinstance(collator, PairCollator):
+            return collator
+        implementation = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
+        packing, reason = resolve_packing(self.train_config.packing, implementation)
+        if reason:
+            warnings.warn(reason, HardwareFallbackWarning, stacklevel=3)
+        return dataclasses.replace(
+            collator,
+            packing=packing,
+            varlen="flash" in (implementation or ""),  # one long row: varlen attention needs no mask
+            additive_mask=implementation != "sdpa",  # eager/flex add the mask to the scores
+        )
+
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if not isinstance(dataset, ShardDataset) or not self.train_config.group_by_length:
@@ -191,7 +210,7 @@ class DPOPTrainer(Trainer):
     def _accumulate(self, inputs, policy, ref_chosen, ref_rejected, chosen_rewards, rejected_rewards) -> None:
         chosen_log_ratio = policy.chosen.detach() - ref_chosen
         penalty_lambda = self.loss_kwargs.get("penalty_lambda", 0.0)
-        post_sum, post_tokens = post_edit_stats(policy.per_token, inputs["chosen_post_edit_mask"])
+        post_sum, post_tokens = post_edit_stats(policy.per_token, inputs["chosen_post_edit"])
         values = [
             torch.tensor(float(len(chosen_rewards)), device=chosen_rewards.device),
             chosen_rewards.sum(),

@@ -31,14 +31,21 @@ def test_collator_layout():
         [7, 8, 9, 12, 0],
     ]
     assert batch["attention_mask"].tolist() == [[1] * 5, [1] * 5, [1, 1, 1, 1, 0], [1, 1, 1, 1, 0]]
-    assert batch["response_mask"].int().tolist() == [
-        [0, 0, 0, 1, 1],
-        [0, 0, 1, 1, 1],
-        [0, 0, 0, 1, 0],
+    # the position before each response token: its logits predict that token
+    assert batch["logits_mask"].int().tolist() == [
         [0, 0, 1, 1, 0],
+        [0, 1, 1, 1, 0],
+        [0, 0, 1, 0, 0],
+        [0, 1, 1, 0, 0],
     ]
+    # scored tokens, flat, sequence by sequence: chosen of both pairs, then rejected
+    assert batch["score_labels"].tolist() == [4, 5, 9, 10, 11, 6, 9, 12]
+    assert batch["score_sequence"].tolist() == [0, 0, 1, 1, 1, 2, 3, 3]
+    assert batch["score_index"].tolist() == list(range(8))
     # chosen tokens after the first edit: all of pair 0, pair 1 from its second response token
-    assert batch["chosen_post_edit_mask"].int().tolist() == [[0, 0, 0, 1, 1], [0, 0, 0, 1, 1]]
+    assert batch["chosen_post_edit"].int().tolist() == [1, 1, 0, 1, 1, 0, 0, 0]
+    assert batch["prompt_lengths"].tolist() == [3, 2, 3, 2]
+    assert batch["sequence_lengths"].tolist() == [5, 5, 4, 4]
     assert "ref_chosen_logps" not in batch
     with_refs = [{**row, "ref_chosen_logps": -1.5, "ref_rejected_logps": -2.5} for row in rows]
     batch = PairCollator(pad_token_id=0, pad_to_multiple_of=8)(with_refs)
