@@ -41,6 +41,7 @@ from dpop.model_io import (
 )
 from dpop.refs import check_reference_precision, dataset_artifact
 from pipeline.atomic import temporary_path, write_text_atomic
+from pipeline.cards import write_model_card
 from pipeline.shards import load_manifest, shard_paths
 from pipeline.stage import (
     INLINE,
@@ -206,6 +207,8 @@ class TrainStage(Stage):
         model_dir = _save_model(trainer, tokenizer, run_dir, state)
         if state.is_main_process:
             self._write_run_json(run_dir, model_dir, manifest, data.stored_refs, final_metrics)
+            # README.md beside the save_pretrained files: metrics, DPOP settings, dataset lineage
+            write_model_card(ctx.ws, run_dir)
         state.wait_for_everyone()
         return self._output(ctx, final_metrics, resumed=checkpoint is not None, steps=output.global_step)
 

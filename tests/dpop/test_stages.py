@@ -120,6 +120,8 @@ def test_training_in_two_workspaces_makes_one_run_and_model_id(two_places):
     model = record.output("model")
     assert model.id == f"model-{record.id}" == model_id(results[0].model_dir)  # the stage's id, not a hash
     assert model.location(ws1) == results[0].model_dir
+    card = (results[0].model_dir / "README.md").read_text(encoding="utf-8")  # the model card
+    assert "synthetic-0001" in card and "penalty" in card.lower()
 
     catalog = Catalog(ws1)
     assert dict((r, p) for p, r in catalog.parents(record.id)) == {
