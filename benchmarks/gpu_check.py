@@ -483,7 +483,7 @@ def print_table(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dpop.logps import PairCollator, resolve_packing
+    from dpop.logps import PairCollator, has_local_attention, resolve_packing
     from dpop.model_io import precision_for_training
 
     args = parse_args(argv)
@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     refs_chosen, refs_seconds = dpop_refs_pass(model, rows, precision, device)
     references = {}
     for packing in args.packings:
-        used, _ = resolve_packing(packing, implementation)
+        used, _ = resolve_packing(packing, implementation, has_local_attention(config))  # as the trainer does
         collator = PairCollator(
             0, packing=used, varlen="flash" in implementation, additive_mask=implementation != "sdpa"
         )

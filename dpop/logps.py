@@ -60,21 +60,29 @@ def _mask_slicing_supported() -> bool:
 MASK_SLICING = _mask_slicing_supported()
 
 
-def resolve_packing(requested: str, attn_implementation: str | None) -> tuple[str, str | None]:
+def resolve_packing(
+    requested: str, attn_implementation: str | None, local_attention: bool = False
+) -> tuple[str, str | None]:
     """The layout to use for `requested` with this attention implementation, and a one-line reason
     when it differs (the caller warns). FlashAttention (varlen) packs but takes no 4D mask; sdpa,
-    eager and flex_attention do both; anything else (a paged or custom kernel) gets padding."""
+    eager and flex_attention do both; anything else (a paged or custom kernel) gets padding.
+    `local_attention`: the model has sliding-window or chunked layers, whose masks transformers
+    builds itself (packed ones included); the shared prompt's 4D mask is a full causal one, so it
+    would widen them: packed sequences instead."""
     if requested not in PACKINGS:
         raise ValueError(f"packing must be one of {', '.join(PACKINGS)}, got {requested!r}")
     implementation = attn_implementation or "eager"
     varlen = "flash" in implementation
     masks = implementation in MASK_ATTENTIONS
-    if requested == "shared_prompt" and not masks:
-        fallback = "padding_free" if varlen else "none"
-        return fallback, (
-            f"packing shared_prompt needs an attention implementation that takes a 4D mask "
-            f"({', '.join(MASK_ATTENTIONS)}); {implementation} does not: using {fallback}"
+    if requested == "shared_prompt" and (local_attention or not masks):
+        fallback = "padding_free" if varlen or masks else "none"
+        why = (
+            "the model has sliding-window or chunked attention layers, which a 4D mask would override"
+            if local_attention
+            else f"it needs an attention implementation that takes a 4D mask ({', '.join(MASK_ATTENTIONS)}); "
+            f"{implementation} does not"
         )
+        return fallback, f"packing shared_prompt: {why}: using {fallback}"
     if requested == "padding_free" and not (varlen or masks):
         return "none", (
             f"packing padding_free needs FlashAttention or one of {', '.join(MASK_ATTENTIONS)}; "
@@ -226,6 +234,15 @@ class PairCollator:
             "position_ids": torch.from_numpy(position_ids),
             "attention_mask": attention,
         }, scored
+
+
+def has_local_attention(config: Any) -> bool:
+    """Whether a model config has sliding-window or chunked attention layers (Mistral, Gemma 2/3,
+    Qwen2 with use_sliding_window, Llama 4 …): transformers 5 lists them in `layer_types`."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        return any(kind != "full_attention" for kind in layer_types)
+    return getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
 
 
 def _ids(row: Mapping[str, Any], column: str) -> np.ndarray:

@@ -31,7 +31,7 @@ from transformers import Trainer, TrainerCallback
 
 from dpop.config import HardwareFallbackWarning, TrainConfig
 from dpop.data import LengthGroupedSampler, ShardDataset
-from dpop.logps import PairCollator, pair_logps, post_edit_stats, resolve_packing
+from dpop.logps import PairCollator, has_local_attention, pair_logps, post_edit_stats, resolve_packing
 from dpop.losses import LOSSES, dpop_penalty
 
 # Order of the packed per-step sums; metrics are sum / pairs except the post-edit one (per token).
@@ -89,8 +89,11 @@ class DPOPTrainer(Trainer):
         implementation can run (one warning saying why); any other collator is left alone."""
         if not isinstance(collator, PairCollator):
             return collator
-        implementation = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
-        packing, reason = resolve_packing(self.train_config.packing, implementation)
+        config = getattr(self.model, "config", None)
+        implementation = getattr(config, "_attn_implementation", None)
+        packing, reason = resolve_packing(
+            self.train_config.packing, implementation, has_local_attention(config)
+        )
         if reason:
             warnings.warn(reason, HardwareFallbackWarning, stacklevel=3)
         return dataclasses.replace(

@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from dpop.config import HardwareFallbackWarning, TrainConfig
 from dpop.data import ShardDataset
-from dpop.logps import PACKINGS, PairCollator, pair_logps, post_edit_stats, resolve_packing
+from dpop.logps import (
+    PACKINGS,
+    PairCollator,
+    has_local_attention,
+    pair_logps,
+    post_edit_stats,
+    resolve_packing,
+)
 from dpop.losses import dpop_loss
 from tests.dpop.conftest import synthetic_pairs, tokenised_rows, write_dataset
 
@@ -224,6 +231,19 @@ def test_resolve_packing_falls_back_where_the_attention_cannot():
     assert resolve_packing("none", "paged|sdpa") == ("none", None)
     with pytest.raises(ValueError, match="packing must be one of"):
         resolve_packing("packed", "sdpa")
+    # sliding-window / chunked layers: transformers builds their (packed) masks; a 4D mask would widen them
+    packing, reason = resolve_packing("shared_prompt", "sdpa", local_attention=True)
+    assert packing == "padding_free" and "sliding-window" in reason
+
+
+def test_local_attention_is_found_in_the_config():
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    assert not has_local_attention(LlamaConfig())
+    assert has_local_attention(MistralConfig(sliding_window=4096))
+    assert not has_local_attention(MistralConfig(sliding_window=None))
+    assert not has_local_attention(Qwen2Config(use_sliding_window=False))
+    assert has_local_attention(Qwen2Config(use_sliding_window=True, max_window_layers=0))
 
 
 def test_trainer_trains_the_same_in_every_layout(workspace, tiny_model_dir, tmp_path):
