@@ -17,6 +17,7 @@ columns; `describe_views` / `dpop sql --schema` lists every column with its mean
     metrics             training metrics per step, long form: run_id, step, epoch, split, metric, value
     lineage             catalog edges parent -> child with both kinds
     artifacts           every catalog record; sources: the `source_file` records
+    selections          every pair each `dpop select` considered: score, rank, kept or not, weight
 
 Counting without knowing the version scheme: every build of new data makes a new dataset version, and
 reference log-probs make another one (`<id>-ref-<hash>`) whose pairs.parquet is a copy of its parent's.
@@ -80,6 +81,7 @@ VIEWS = (
     "lineage",
     "artifacts",
     "sources",
+    "selections",
 )
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -416,14 +418,18 @@ class DatasetVersions:
 
     def pairs_owner(self, dataset_id: str) -> str:
         """The version whose pairs.parquet this one carries: itself, or for a derived version
-        (a dataset parent, e.g. reference log-probs) its parent's owner."""
+        (a dataset parent, e.g. reference log-probs) its parent's owner. A selection (`dpop select`,
+        parent relation `selected_from`) holds its own pairs and rejections: it owns them."""
         seen = set()
         while dataset_id not in seen:
             seen.add(dataset_id)
             parents = [
                 p.get("id")
                 for p in (self.manifests.get(dataset_id) or {}).get("parents") or []
-                if isinstance(p, dict) and p.get("kind") == "dataset" and p.get("id") in self.manifests
+                if isinstance(p, dict)
+                and p.get("kind") == "dataset"
+                and p.get("relation") != "selected_from"
+                and p.get("id") in self.manifests
             ]
             if not parents:
                 return dataset_id
@@ -440,13 +446,17 @@ class DatasetVersions:
         return None if self.current is None else self.pairs_owner(self.current)
 
     def ingest_ids(self, dataset_id: str) -> list[str]:
-        """The ingests a version was curated from (its `pairs-<ingest_id>` parents)."""
-        parents = (self.manifests.get(dataset_id) or {}).get("parents") or []
-        return [
+        """The ingests a version was curated from (its `pairs-<ingest_id>` parents; for a selection,
+        which has a dataset parent, the ingests its manifest carries)."""
+        manifest = self.manifests.get(dataset_id) or {}
+        parents = manifest.get("parents") or []
+        found = [
             p["id"].removeprefix("pairs-")
             for p in parents
             if isinstance(p, dict) and p.get("kind") == "pairs" and str(p.get("id", "")).startswith("pairs-")
         ]
+        inputs = [i.get("ingest_id") for i in manifest.get("inputs") or [] if isinstance(i, dict)]
+        return found or [i for i in inputs if i]
 
 
 def dataset_versions(
@@ -538,6 +548,13 @@ def _rejection_tables(ws: Workspace, versions: DatasetVersions) -> dict[str, Any
             schema,
         ),
     }
+
+
+def _selections(ws: Workspace, versions: DatasetVersions) -> Any:
+    """`dpop select`'s selection.parquet of every selected version: each pair's score, rank, decision."""
+    files = [versions.folders[d] / "selection.parquet" for d in versions.manifests]
+    schema = load_contract("selection").schema()
+    return _parquet_view([f for f in files if f.is_file()], ws.datasets_dir, "dataset_id", schema)
 
 
 def _latest_ingest_ids(ws: Workspace) -> set[str]:
@@ -642,7 +659,8 @@ def _shards(versions: DatasetVersions) -> tuple[dict[str, pa.Table], str]:
                 if not path.is_file():
                     continue
                 name = f"_shard_{len(tables)}"
-                tables[name] = open_shard(path).select(schema.names)
+                table = open_shard(path)  # older shards lack optional columns (weight): null there
+                tables[name] = table.select([n for n in schema.names if n in table.column_names])
                 selects.append(
                     f"SELECT *, {_sql_text(dataset_id)} AS dataset_id, {_sql_text(split)} AS split, "
                     f"{_sql_text(info['file'])} AS shard FROM {name}"
@@ -773,6 +791,7 @@ CREATE VIEW ingests AS SELECT * FROM _ingests;
 CREATE VIEW datasets AS
     SELECT d.*, a.created_at FROM _datasets d LEFT JOIN _artifacts a ON a.id = d.dataset_id;
 CREATE VIEW metrics AS SELECT * FROM _metrics;
+CREATE VIEW selections AS SELECT * FROM _selections;
 """
 
 
@@ -816,6 +835,7 @@ def _create_views(ws: Workspace, connection: duckdb.DuckDBPyConnection) -> None:
         **_rejection_tables(ws, versions),
         "_ingests": _ingests(ws),
         "_datasets": _datasets(versions),
+        "_selections": _selections(ws, versions),
         "_metrics": _metrics(ws),
         "_artifacts": artifacts,
         "_edges": edges,
@@ -894,6 +914,7 @@ _VIEW_DESCRIPTIONS = {
     "lineage": "Catalog edges: the child artefact was made from the parent.",
     "artifacts": "Every catalog record.",
     "sources": "Source file versions (catalog records of kind source_file).",
+    "selections": "Every pair a selection (dpop select) considered: score, rank, kept or not, weight.",
 }
 _CONTRACT_OF = {
     "pairs": "preference_pair",
@@ -902,6 +923,7 @@ _CONTRACT_OF = {
     "rejections": "rejection",
     "rejections_history": "rejection",
     "shards": "dpop_shard",
+    "selections": "selection",
 }
 _DATASET_ID = "Dataset version id (ds-…); in pairs and rejections, the version that kept or dropped the row."
 _INGEST_ID = "Ingest id: one ingest of one source file version with its options (<ws>/sources/<ingest_id>/)."

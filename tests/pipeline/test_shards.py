@@ -13,6 +13,7 @@ from datasets import Dataset
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from pipeline.build import build_dataset
+from pipeline.contracts import load_contract
 from pipeline.shards import (
     ShardError,
     SplitWriter,
@@ -95,9 +96,11 @@ def test_shards_open_with_datasets_and_memory_map(built: tuple[Workspace, str]) 
         dataset = Dataset.from_file(str(path))
         mapped = open_shard(path)
         assert dataset.num_rows == mapped.num_rows > 0
-        assert dataset.column_names == shard_schema().names
+        # every column but the optional ones a later stage adds (`weight`, from `dpop select`)
+        built_columns = load_contract("dpop_shard").required_columns
+        assert dataset.column_names == built_columns
         assert dataset[0]["pair_id"] == mapped["pair_id"][0].as_py()
-        assert mapped.schema.equals(shard_schema())
+        assert mapped.schema.equals(load_contract("dpop_shard").schema(built_columns))
         # zero-copy: the column buffers live inside the mapped file
         assert mapped["prompt_ids"].chunks[0].values.buffers()[1].address != 0
 
