@@ -123,17 +123,30 @@ class FastTokenizer:
         `apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)`."""
         if self.chat_template is None:
             raise ValueError(f"tokenizer {self.path} has no chat template")
+        from jinja2.runtime import new_context
+
         template = _compiled_template(self.chat_template)
-        return [
-            template.render(
-                messages=[_template_message(m) for m in messages],
-                tools=None,
-                documents=None,
-                add_generation_prompt=True,
-                **self.special_tokens,
-            )
-            for messages in conversations
-        ]
+        # Template.render's work without its per-call overhead: it copies the template's globals (a
+        # ChainMap, iterated in Python) into every call's context; here they are flattened once
+        flat_globals = dict(template.globals)
+        base = {**flat_globals, "tools": None, "documents": None, "add_generation_prompt": True}
+        base.update(self.special_tokens)
+        environment, name, blocks, body = (
+            template.environment,
+            template.name,
+            template.blocks,
+            template.root_render_func,
+        )
+        texts = []
+        for messages in conversations:
+            variables = {**base, "messages": [_template_message(m) for m in messages]}
+            try:
+                context = new_context(environment, name, blocks, variables, shared=True, globals=flat_globals)
+                texts.append(environment.concat(body(context)))
+            except Exception:  # rendered again the ordinary way for jinja's error report
+                template.render({k: v for k, v in variables.items() if k not in flat_globals})
+                raise
+        return texts
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Flat int32 ids and int64 offsets of `texts`, without special tokens. Holds the GIL only to
@@ -464,6 +477,8 @@ def _as_array(array: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 def _take(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The rows `rows` of a flat list array (values, offsets), as a new flat list array."""
+    if len(rows) == len(offsets) - 1 and (rows == np.arange(len(rows))).all():
+        return values, offsets  # every text distinct (the usual case): nothing to gather
     lengths = np.diff(offsets)[rows]
     new_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(lengths, out=new_offsets[1:])
@@ -473,12 +488,18 @@ def _take(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np
 
 
 def _list_array(values: np.ndarray, offsets: np.ndarray) -> pa.ListArray:
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values.astype(np.int32)))
+    if offsets[-1] >= 2**31:
+        raise ValueError("a batch of over 2**31 tokens: tokenise smaller batches")
+    return pa.ListArray.from_arrays(
+        pa.array(offsets.astype(np.int32)), pa.array(values.astype(np.int32, copy=False))
+    )
 
 
 def _keep_end(values: np.ndarray, offsets: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
     """Keep the last `limit` tokens of each row."""
     lengths = np.diff(offsets)
+    if not (lengths > limit).any():
+        return values, offsets
     keep = np.minimum(lengths, limit)
     new_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(keep, out=new_offsets[1:])
@@ -490,26 +511,30 @@ def _keep_end(values: np.ndarray, offsets: np.ndarray, limit: int) -> tuple[np.n
 def _append(values: np.ndarray, offsets: np.ndarray, token: int) -> tuple[np.ndarray, np.ndarray]:
     """Append `token` to every row."""
     rows = len(offsets) - 1
-    new_offsets = offsets + np.arange(rows + 1)
-    out = np.empty(len(values) + rows, dtype=np.int32)
-    is_end = np.zeros(len(out), dtype=bool)
-    is_end[new_offsets[1:] - 1] = True
-    out[is_end] = token
-    out[~is_end] = values
-    return out, new_offsets
+    out = np.insert(values, offsets[1:], np.int32(token))  # before each row's end: after its last token
+    return out.astype(np.int32, copy=False), offsets + np.arange(rows + 1)
 
 
 def common_prefix_lengths(
     a_values: np.ndarray, a_offsets: np.ndarray, b_values: np.ndarray, b_offsets: np.ndarray
 ) -> np.ndarray:
-    """Per row, the number of leading tokens rows of `a` and `b` share (the first edit's index)."""
+    """Per row, the number of leading tokens rows of `a` and `b` share (the first edit's index).
+
+    Compares a block of positions per row at a time, only for rows without a difference yet, the
+    block doubling each round: the work is about the shared prefixes, not the whole texts (most
+    answers part within a few tokens)."""
     shortest = np.minimum(np.diff(a_offsets), np.diff(b_offsets))
-    starts = np.zeros(len(shortest) + 1, dtype=np.int64)
-    np.cumsum(shortest, out=starts[1:])
-    row = np.repeat(np.arange(len(shortest)), shortest)
-    position = np.arange(starts[-1]) - starts[:-1][row]
-    differs = a_values[a_offsets[:-1][row] + position] != b_values[b_offsets[:-1][row] + position]
-    prefix = shortest.copy()
-    # the first differing position per row: minimum over that row's differing positions
-    np.minimum.at(prefix, row[differs], position[differs])
+    prefix = np.zeros(len(shortest), dtype=np.int64)
+    rows = np.flatnonzero(shortest > 0)
+    width = 8
+    while len(rows):
+        position = prefix[rows, None] + np.arange(width)
+        inside = position < shortest[rows, None]
+        a_index = np.where(inside, a_offsets[:-1][rows, None] + position, 0)
+        b_index = np.where(inside, b_offsets[:-1][rows, None] + position, 0)
+        stop = ~inside | (a_values[a_index] != b_values[b_index])
+        found = stop.any(axis=1)
+        prefix[rows[found]] += stop[found].argmax(axis=1)  # first difference (or the end) in the block
+        prefix[rows[~found]] += width
+        rows, width = rows[~found], width * 2
     return prefix.astype(np.int32)

@@ -223,6 +223,14 @@ def test_legacy_layout_reads_special_tokens_map(legacy_tok_path: Path) -> None:
     assert "You are a helpful assistant" in tokenizer.render([[{"role": "user", "content": "q"}]])[0]
 
 
+def test_template_errors_are_raised_as_jinja_reports_them(system_tok_path: Path) -> None:
+    from jinja2.exceptions import TemplateError
+
+    tokenizer = FastTokenizer(system_tok_path)
+    with pytest.raises(TemplateError, match="unknown role narrator"):  # the template's raise_exception
+        tokenizer.render([[{"role": "user", "content": "q"}], [{"role": "narrator", "content": "x"}]])
+
+
 def test_tokenising_does_not_import_torch(tok_path: Path) -> None:
     script = (
         "import sys\n"
