@@ -13,6 +13,12 @@ The precision (`dtype`, a `dpop.model_io.Precision` or its label) must be the on
 when both forward passes run the same arithmetic; bf16 references against a float32 policy would give
 every pair a log-ratio of a few nats and switch DPOP's penalty on before any update. The manifest
 records it (`reference_model.dtype`) and training refuses a mismatch (`check_reference_precision`).
+
+The reference is one model among others (`dpop.model_logps`: `dpop logps` stores any model's log-probs
+in a table keyed by pair id); this stage is its shorthand that also fills the shards. Both compute
+through `dpop.model_logps.dataset_logps`, which runs the model only on pairs the workspace's per-pair
+cache (token ids digest, model id, precision) has not seen: refreshing a dataset with new pairs costs
+the new pairs, not a full pass.
 """
 
 from __future__ import annotations
@@ -28,16 +34,18 @@ import numpy as np
 import pyarrow as pa
 
 from dpop.data import ShardDataset
-from dpop.model_io import (
-    Precision,
-    check_tokenizer,
-    load_causal_lm,
-    model_artifact,
-    require_model_dir,
-    require_safetensors,
+from dpop.model_io import Precision, model_artifact, require_model_dir
+from dpop.model_logps import (  # noqa: F401  (token_budget_batches, split_reference_logps: re-exported)
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_TOKEN_BUDGET,
+    check_model_for,
+    dataset_artifact,
+    dataset_logps,
+    split_reference_logps,
+    token_budget_batches,
 )
 from pipeline.identity import stable_hash
-from pipeline.shards import CONTRACT, SPLITS, load_manifest, shard_paths, write_manifest, write_split
+from pipeline.shards import CONTRACT, write_manifest, write_split
 from pipeline.stage import (
     INLINE,
     Artifact,
@@ -51,20 +59,11 @@ from pipeline.stage import (
 )
 from pipeline.workspace import Workspace
 
-DEFAULT_BATCH_SIZE = 64
-# Padded tokens per forward pass (both sequences of each pair): long pairs get smaller batches, so
-# activation and attention memory stay bounded whatever the length mix.
-DEFAULT_TOKEN_BUDGET = 65_536
 # Files of the parent version that describe its rows and travel with the new version unchanged.
 CARRIED_FILES = ("pairs.parquet", "rejections.parquet")
 STAGE_NAME = "logps"
 STAGE_VERSION = 1
 FROM, MODEL = "reference_logps_from", "reference_model"
-
-
-def dataset_artifact(dataset_id: str) -> Artifact:
-    """A dataset version as a stage input: by id, its folder named relative to the workspace."""
-    return Artifact(dataset_id, "dataset", str(Workspace(Path()).dataset_dir(dataset_id)))
 
 
 def reference_dataset_id(
@@ -125,35 +124,26 @@ class LogpsStage(Stage):
     def check(self, ws: Workspace) -> dict[str, Any]:
         """What fails before any work, in one line: a missing or corrupt parent version, a model whose
         tokenizer is not the shards' one, pickled weights. Returns the parent's manifest."""
-        manifest = load_manifest(ws, self.dataset_id)
-        check_tokenizer(manifest, self.model)
-        require_safetensors(self.model)
-        for split in manifest.get("splits", {}):
-            shard_paths(ws, self.dataset_id, split)
-        return manifest
+        return check_model_for(ws, self.dataset_id, self.model)
 
     def run(self, ctx: StageContext) -> StageOutput:
-        import torch
-
         manifest = self.check(ctx.ws)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_causal_lm(
-            self.model, dtype=self.dtype.torch_dtype(), trust_remote_code=self.trust_remote_code
+        values = dataset_logps(
+            ctx.ws,
+            self.dataset_id,
+            self.model,
+            self.dtype,
+            self.batch_size,
+            self.trust_remote_code,
+            self.progress,
+            model_id=self.model_artifact.id,
+            on_split=lambda split: ctx.progress(0, None, f"{split} split"),
         )
-        model.to(device).eval()
-        forward = self.dtype.forward_of(model, device.type)
-        pad_token_id = _pad_token_id(self.model)
         splits: dict[str, Any] = {}
-        for split in SPLITS:
-            if split not in manifest.get("splits", {}):
-                continue
-            ctx.progress(len(splits), len(manifest["splits"]), f"{split} split")
+        for split, logps in values.items():
             dataset = ShardDataset.open(ctx.ws, self.dataset_id, split)
-            chosen, rejected = split_reference_logps(
-                forward, dataset, pad_token_id, self.batch_size or DEFAULT_BATCH_SIZE, device, self.progress
-            )
-            table = _set_column(dataset.table, "ref_chosen_logps", chosen)
-            table = _set_column(table, "ref_rejected_logps", rejected)
+            table = _set_column(dataset.table, "ref_chosen_logps", logps.chosen)
+            table = _set_column(table, "ref_rejected_logps", logps.rejected)
             rows_per_shard = max((info["rows"] for info in manifest["splits"][split]["shards"]), default=1)
             infos = write_split(ctx.out, split, table, rows_per_shard=max(rows_per_shard, 1))
             splits[split] = {"rows": table.num_rows, "shards": [info.as_dict() for info in infos]}
@@ -162,7 +152,8 @@ class LogpsStage(Stage):
             if (ctx.ws.dataset_dir(self.dataset_id) / name).is_file():
                 shutil.copyfile(ctx.ws.dataset_dir(self.dataset_id) / name, ctx.out / name)
         write_manifest(ctx.out, self._manifest(manifest, splits))
-        return self._output(ctx, splits)
+        computed = sum(v.computed for v in values.values())
+        return self._output(ctx, splits, computed)
 
     def _manifest(self, parent: dict[str, Any], splits: dict[str, Any]) -> dict[str, Any]:
         manifest = {key: value for key, value in parent.items() if key != "contract"}
@@ -178,7 +169,7 @@ class LogpsStage(Stage):
         )
         return manifest
 
-    def _output(self, ctx: StageContext, splits: dict[str, Any]) -> StageOutput:
+    def _output(self, ctx: StageContext, splits: dict[str, Any], computed: int) -> StageOutput:
         rows = sum(split["rows"] for split in splits.values())
         meta = {"reference_model": self.model_artifact.id, "dtype": self.dtype.label}
         outputs = [Artifact(self.id, "dataset", workspace_path(ctx.ws, ctx.folder), rows, CONTRACT, meta)]
@@ -202,7 +193,7 @@ class LogpsStage(Stage):
             ]
         return StageOutput(
             outputs=outputs,
-            counts={"rows_in": rows, "rows_out": rows},
+            counts={"rows_in": rows, "rows_out": rows, "computed": computed, "cached": rows - computed},
             summary={"reference_model": self.model_artifact.id, "dtype": self.dtype.label},
         )
 
@@ -246,65 +237,8 @@ def check_reference_precision(manifest: dict[str, Any], precision: Precision | s
     )
 
 
-def token_budget_batches(
-    order: np.ndarray, lengths: np.ndarray, batch_size: int, token_budget: int
-) -> list[np.ndarray]:
-    """Cut `order` (longest first) into batches of at most `batch_size` pairs and `token_budget` padded
-    tokens (2 sequences × the batch's longest); a pair longer than the budget still gets its own batch."""
-    batches, start = [], 0
-    while start < len(order):
-        longest = int(lengths[order[start]])  # longest first: the first row sets the padded width
-        count = max(1, min(batch_size, token_budget // max(2 * longest, 1)))
-        batches.append(order[start : start + count])
-        start += count
-    return batches
-
-
-def split_reference_logps(
-    model: Any,  # a model, or its forward under autocast (Precision.forward_of)
-    dataset: ShardDataset,
-    pad_token_id: int,
-    batch_size: int,
-    device: Any,
-    progress: bool = False,
-    token_budget: int = DEFAULT_TOKEN_BUDGET,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Summed log-probs of chosen and rejected for every row of `dataset`, in row order (float32)."""
-    import torch
-    from rich.progress import Progress
-
-    from dpop.logps import PairCollator, pair_logps
-
-    collate = PairCollator(pad_token_id=pad_token_id)
-    chosen = np.zeros(len(dataset), dtype=np.float32)
-    rejected = np.zeros(len(dataset), dtype=np.float32)
-    # Longest first: similar lengths share a batch (little padding) and an out-of-memory shows at once.
-    lengths = dataset.lengths()
-    order = np.argsort(-lengths, kind="stable")
-    with Progress(disable=not progress, transient=True) as bar, torch.inference_mode():
-        task = bar.add_task(f"reference log-probs ({dataset.name})", total=len(order))
-        for indices in token_budget_batches(order, lengths, batch_size, token_budget):
-            batch = collate([dataset[int(index)] for index in indices])
-            batch = {key: value.to(device) for key, value in batch.items()}
-            result = pair_logps(model, batch)
-            chosen[indices] = result.chosen.float().cpu().numpy()
-            rejected[indices] = result.rejected.float().cpu().numpy()
-            bar.advance(task, len(indices))
-    return chosen, rejected
-
-
 def _set_column(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
     index = table.column_names.index(name)
     return table.set_column(
         index, pa.field(name, pa.float32(), nullable=True), pa.array(values, pa.float32())
     )
-
-
-def _pad_token_id(model_path: Path) -> int:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad is None:
-        raise ValueError(f"the tokenizer in {model_path} has neither a pad nor an eos token")
-    return pad
