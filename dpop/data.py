@@ -24,7 +24,8 @@ from pipeline.shards import open_split
 from pipeline.workspace import Workspace
 
 LIST_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
-SCALAR_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps", "common_prefix_len")
+# `weight`: optional per-pair loss weight (`dpop select`); null or absent means 1
+SCALAR_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps", "common_prefix_len", "weight")
 REQUIRED_COLUMNS = (*LIST_COLUMNS, "common_prefix_len")
 
 

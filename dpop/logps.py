@@ -110,7 +110,8 @@ class PairCollator:
     `score_labels`, `score_sequence`, `chosen_post_edit` (K,) over the scored tokens (chosen tokens
     from `common_prefix_len` on are the tokens after the first edit); `prompt_lengths` and
     `sequence_lengths` (2B,: prompt and prompt+response tokens of each logical sequence); and
-    `ref_chosen_logps` / `ref_rejected_logps` (B, float32) when every row has them.
+    `ref_chosen_logps` / `ref_rejected_logps` (B, float32) when every row has them; `weight` (B,
+    float32) when a row has one (`dpop select`'s per-pair loss weights; a missing one is 1).
     `none` adds `attention_mask` (2B, T); `padding_free` adds `position_ids`; `shared_prompt` adds
     `position_ids` and `attention_mask` (R, 1, T, T): boolean, or additive float (0 / float32 min)
     when `additive_mask` (eager and flex_attention add the mask to the scores).
@@ -148,6 +149,9 @@ class PairCollator:
         if all(_present(row.get(column)) for row in rows for column in REF_COLUMNS):
             for column in REF_COLUMNS:
                 batch[column] = torch.tensor([float(row[column]) for row in rows], dtype=torch.float32)
+        if any(_present(row.get("weight")) for row in rows):  # a selection's weights; a null one is 1
+            weights = [float(row["weight"]) if _present(row.get("weight")) else 1.0 for row in rows]
+            batch["weight"] = torch.tensor(weights, dtype=torch.float32)
         return batch
 
     def _width(self, longest: int) -> int:

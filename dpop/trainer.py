@@ -10,6 +10,10 @@ Metrics use TRL's names. Per step, one packed tensor of sums is gathered across 
 collective, one host sync), and the averages are emitted at each log event: every `report_to` tracker
 (TensorBoard, MLflow, W&B …) gets them like the Trainer's own, and `TrackerContextCallback` adds what the
 run is about (dataset id, reference model, source files, config) to those trackers.
+
+Per-pair weights (the shards' optional `weight` column, written by `dpop select`): the training loss is
+then the weighted mean Σ w·l / Σ w over the global batch, Σ w gathered in that same collective
+(`weighted_loss`); evaluation stays unweighted, so runs on different selections compare.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ _SUMS = (
     "dpop/penalty_active",
     "post_edit_sum",
     "post_edit_tokens",
+    "weights",
 )
 
 
@@ -78,6 +83,7 @@ class DPOPTrainer(Trainer):
         # No `labels`/`num_items_in_batch`: our loss is a mean over pairs, not over tokens.
         self.model_accepts_loss_kwargs = False
         self._sums: dict[str, torch.Tensor | None] = {"train": None, "eval": None}
+        self._weighted = False  # a batch carried per-pair weights: `weights/mean` joins the metrics
         self.data_collator = self._laid_out(self.data_collator)
         # After the stock integrations in the callback list: they have opened their runs when it speaks.
         self.trackers = TrackerContextCallback(self.callback_handler, self.run_context)
@@ -132,8 +138,15 @@ class DPOPTrainer(Trainer):
         losses, chosen_rewards, rejected_rewards = self.loss_fn(
             policy.chosen, policy.rejected, ref_chosen, ref_rejected, **self.loss_kwargs
         )
-        loss = losses.mean()
-        self._accumulate(inputs, policy, ref_chosen, ref_rejected, chosen_rewards, rejected_rewards)
+        # per-pair weights (`dpop select`) in training only: evaluations of two selections stay comparable
+        weights = inputs.get("weight") if model_is_training(self.model) else None
+        weight_total = self._accumulate(
+            inputs, policy, ref_chosen, ref_rejected, chosen_rewards, rejected_rewards, weights
+        )
+        if weights is None:
+            loss = losses.mean()
+        else:
+            loss = weighted_loss(losses, weights, weight_total, self.accelerator.num_processes)
         if return_outputs:
             return loss, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}
         return loss
@@ -210,7 +223,11 @@ class DPOPTrainer(Trainer):
         return "the base model with the LoRA adapter disabled"
 
     # ----- metrics -----
-    def _accumulate(self, inputs, policy, ref_chosen, ref_rejected, chosen_rewards, rejected_rewards) -> None:
+    def _accumulate(
+        self, inputs, policy, ref_chosen, ref_rejected, chosen_rewards, rejected_rewards, weights=None
+    ) -> torch.Tensor:
+        """Gather this step's metric sums (and Σ weights) from every process in one collective; returns
+        the global Σ weights (the number of pairs when unweighted), which the weighted loss divides by."""
         chosen_log_ratio = policy.chosen.detach() - ref_chosen
         penalty_lambda = self.loss_kwargs.get("penalty_lambda", 0.0)
         post_sum, post_tokens = post_edit_stats(policy.per_token, inputs["chosen_post_edit"])
@@ -228,12 +245,16 @@ class DPOPTrainer(Trainer):
             (chosen_log_ratio < 0).float().sum(),
             post_sum,
             post_tokens,
+            weights.sum() if weights is not None else values_count(chosen_rewards),
         ]
         packed = torch.stack([value.float() for value in values])
-        packed = self.accelerator.gather(packed.unsqueeze(0)).sum(dim=0).double().cpu()
+        gathered = self.accelerator.gather(packed.unsqueeze(0)).sum(dim=0)
+        self._weighted = self._weighted or weights is not None
         mode = "train" if model_is_training(self.model) else "eval"
         current = self._sums[mode]
-        self._sums[mode] = packed if current is None else current + packed
+        host = gathered.double().cpu()
+        self._sums[mode] = host if current is None else current + host
+        return gathered[-1]
 
     def _averages(self, mode: str) -> dict[str, float]:
         sums = self._sums[mode]
@@ -243,7 +264,10 @@ class DPOPTrainer(Trainer):
         named = dict(zip(_SUMS, sums.tolist(), strict=True))
         pairs = named.pop("pairs")
         post_sum, post_tokens = named.pop("post_edit_sum"), named.pop("post_edit_tokens")
+        weights = named.pop("weights")
         metrics = {key: value / pairs for key, value in named.items()}
+        if self._weighted and mode == "train":
+            metrics["weights/mean"] = weights / pairs
         if post_tokens:
             metrics["logps/chosen_post_edit"] = post_sum / post_tokens
         return metrics
@@ -254,6 +278,22 @@ class DPOPTrainer(Trainer):
         elif "train_runtime" not in logs:
             logs.update(self._averages("train"))
         super().log(logs, *args, **kwargs)
+
+
+def weighted_loss(
+    losses: torch.Tensor, weights: torch.Tensor, global_weight_sum: torch.Tensor, processes: int
+) -> torch.Tensor:
+    """This process's share of Σ w·l / Σ w over the whole global batch. DDP (and FSDP, DeepSpeed)
+    average the gradients over the processes, so each process's loss is its Σ w·l times their number
+    over the global Σ w (gathered with the metrics, one collective): the average of these is exactly
+    the global weighted mean. Σ w = 0 gives a zero loss (and zero gradients), not NaN."""
+    scale = processes / global_weight_sum.clamp_min(torch.finfo(torch.float32).tiny)
+    return (losses * weights.to(losses.dtype)).sum() * scale.to(losses.dtype)
+
+
+def values_count(values: torch.Tensor) -> torch.Tensor:
+    """The number of pairs in a batch as a tensor on its device (Σ weights when every weight is 1)."""
+    return torch.tensor(float(len(values)), device=values.device)
 
 
 def model_is_training(model: torch.nn.Module) -> bool:
