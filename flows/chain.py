@@ -14,7 +14,10 @@ the build without building them (their configs import torch; the build's id load
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import importlib
+import importlib.util
 import json
 import socket
 from collections.abc import Callable, Iterator, Mapping
@@ -35,7 +38,6 @@ from pipeline.stage import (
     lineage_parent,
     read_record,
 )  # fmt: skip
-from pipeline.version import code_version
 from pipeline.workspace import Workspace
 
 TRAINED, UP_TO_DATE = "trained", "up to date"
@@ -179,11 +181,12 @@ class _Steps:
 
     def __call__(self, stage: str, key: Any, arguments: Callable[[], tuple]) -> StageRecord:
         """Run the stage `stage` ("module:Class") builds from `arguments()`. Its id is remembered under
-        (stage, key, code version, host): the key holds content ids and raw configs, the host because a
-        config's meaning can depend on the machine (bf16 where it has none). So the probe finds the
-        record without building the stage (most stage modules import torch)."""
+        (stage, key, code, host): the key holds content ids and raw configs; the code is the source of
+        every package a stage id depends on (`_code`); the host because a config's meaning can depend on
+        the machine (bf16 where it has none). So the probe finds the record without building the stage
+        (most stage modules import torch)."""
         what = stage.rsplit(":", 1)[-1]
-        identity = json.loads(json.dumps([stage, key, code_version(), socket.gethostname()], default=str))
+        identity = json.loads(json.dumps([stage, key, _code(), socket.gethostname()], default=str))
         memo = self.ws.cache_dir / "stage-ids" / f"{what}-{stable_hash(identity)}.json"
         if isinstance(self.executor, ProbeExecutor):
             try:
@@ -287,6 +290,18 @@ def _synthetic(ws: Workspace, spec: ChainSpec, executor: Executor) -> str:
 
 def train_config(training: Mapping[str, Any]) -> Any:
     return _load("dpop.config:TrainConfig").from_dict(dict(training), source="training")
+
+
+@functools.cache
+def _code() -> str:
+    """sha256 of the code that decides stage ids (pipeline, dpop, demo, the contracts): a new version,
+    installed or edited, keys anew (a commit that touches none of it keeps the probe's memory)."""
+    digest = hashlib.sha256()
+    for package in ("pipeline", "dpop", "demo", "data_contracts"):
+        root = Path(importlib.util.find_spec(package).submodule_search_locations[0])
+        for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".yaml")):
+            digest.update(f"{path.relative_to(root.parent)}\0".encode() + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _load(name: str) -> Any:

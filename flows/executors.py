@@ -1,37 +1,30 @@
-"""The Prefect executor: the chain's stages as Prefect tasks, their parts on the flow's task runner.
+"""The Prefect executor: the chain's stages as Prefect tasks, their parts on a task runner.
 
-The stages, their identities and their reuse live in `pipeline/stage.py`; this module only decides
-where work runs so the Prefect UI shows it:
-
-- a stage that is already done returns its record at once (no task: nothing ran);
-- a stage runs as one task named after it (`ingest in.jsonl`, `train dpop λ=50`), retried on transient
-  I/O errors; data stages are submitted to the flow's task runner (Dask workers with
-  `--task-runner dask`), model stages run in this process;
-- a partitioned stage (the build) runs its body in the flow and its parts (`ctx.map`) become tasks on the
-  task runner, so a Dask cluster shares the heavy part.
-
-Prefect's own result cache is off (`NO_CACHE`): the stage records are the only cache, so a cleared
-Prefect database changes nothing.
+Stages, their identities and their reuse live in `pipeline/stage.py`; this module only decides where
+work runs, so the Prefect UI shows it: a stage already done returns its record (no task: nothing ran);
+a stage runs as one task named after it, retried on transient I/O errors, data stages on the task
+runner (Dask workers with `--task-runner dask`), model stages in this process; a partitioned stage (the
+build) runs its body in the flow and its parts (`ctx.map`) as tasks on the task runner. Prefect's result
+cache is off (`NO_CACHE`): the stage records are the only cache, a cleared Prefect database changes
+nothing.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.stage import Stage, StageRecord, completed, lineage_parent, run_stage
+from pipeline.stage import INLINE, Stage, StageRecord, completed, lineage_parent, run_stage
 from pipeline.workspace import Workspace
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-# Errors worth another try: a flaky network filesystem, a file briefly locked or being replaced.
-# A missing file or bad data fails at once.
+# Worth another try: a flaky network filesystem, a file briefly locked. A missing file or bad data: no.
 _PERMANENT_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 RETRIES = 2
 
@@ -48,12 +41,14 @@ def is_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def _run_stage_in_task(root: str, stage: Stage, parent: tuple[str, str] | None) -> StageRecord:
-    """The body of a stage task, wherever it runs (a Dask worker gets the workspace path and the
-    parent flow run explicitly: context variables do not travel)."""
+def _run_stage_in_task(
+    root: str, stage: Stage, parent: tuple[str, str] | None, executor: Any = None
+) -> StageRecord:
+    """A stage task's body, wherever it runs: a Dask worker gets the workspace and the parent flow run
+    explicitly (context variables do not travel)."""
     token = lineage_parent.set(parent)
     try:
-        return run_stage(Workspace.open(root), stage)
+        return run_stage(Workspace.open(root), stage, executor or INLINE)
     finally:
         lineage_parent.reset(token)
 
@@ -82,37 +77,27 @@ class PrefectExecutor:
     flow picks one per run), else the flow's."""
 
     def __init__(self, parent: tuple[str, str] | None = None, task_runner: Any = None):
-        self.parent = parent
-        self.task_runner = task_runner
-
-    def _submit(self, name: str, body: Callable[..., Any], **parameters: Any) -> Any:
-        if self.task_runner is None:
-            return _task(name, body).submit(**parameters)
-        return self.task_runner.submit(_task(name, body), parameters=parameters)
+        self.parent, self.task_runner = parent, task_runner
 
     def run(self, ws: Workspace, stage: Stage) -> StageRecord:
         done = completed(ws, stage)
         if done is not None:
             return done
-        if stage.partitioned:
-            with self._parent():
-                return run_stage(ws, stage, self)
+        if stage.partitioned:  # its body here, its parts on the task runner (`map`)
+            return _run_stage_in_task(str(ws.root), stage, self.parent, self)
         if stage.placement == "data":
             return self._submit(stage.label(), _run_stage_in_task, **self._arguments(ws, stage)).result()
         return _task(stage.label(), _run_stage_in_task)(**self._arguments(ws, stage))
 
     def run_many(self, ws: Workspace, stages: Sequence[Stage]) -> list[StageRecord]:
-        records: list[StageRecord | None] = [completed(ws, stage) for stage in stages]
-        futures = {}
-        for index, stage in enumerate(stages):
+        records: list[Any] = [completed(ws, stage) for stage in stages]
+        for index, stage in enumerate(stages):  # data stages in parallel, then the others in order
             if records[index] is None and stage.placement == "data" and not stage.partitioned:
-                futures[index] = self._submit(stage.label(), _run_stage_in_task, **self._arguments(ws, stage))
-        for index, stage in enumerate(stages):
-            if index in futures:
-                records[index] = futures[index].result()
-            elif records[index] is None:
-                records[index] = self.run(ws, stage)
-        return records
+                records[index] = self._submit(stage.label(), _run_stage_in_task, **self._arguments(ws, stage))
+        return [
+            record if isinstance(record, StageRecord) else record.result() if record else self.run(ws, stage)
+            for stage, record in zip(stages, records, strict=True)
+        ]
 
     def map(self, label: str, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         from prefect.futures import wait
@@ -123,21 +108,18 @@ class PrefectExecutor:
         wait(futures)
         return [future.result() for future in futures]
 
+    def _submit(self, name: str, body: Callable[..., Any], **parameters: Any) -> Any:
+        if self.task_runner is None:
+            return _task(name, body).submit(**parameters)
+        return self.task_runner.submit(_task(name, body), parameters=parameters)
+
     def _arguments(self, ws: Workspace, stage: Stage) -> dict[str, Any]:
         return {"root": str(ws.root), "stage": stage, "parent": self.parent}
 
-    @contextmanager
-    def _parent(self) -> Iterator[None]:
-        token = lineage_parent.set(self.parent)
-        try:
-            yield
-        finally:
-            lineage_parent.reset(token)
-
 
 def task_runner_for(kind: str, dask_address: str | None) -> Any:
-    """The flow's task runner: Prefect's thread pool, or Dask (a cluster at `dask_address`, else a local
-    one of worker processes) through prefect-dask."""
+    """The flow's task runner: None (Prefect's thread pool), or Dask (a cluster at `dask_address`, else
+    a local one of worker processes) through prefect-dask."""
     if kind == "default":
         return None
     if kind != "dask":

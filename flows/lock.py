@@ -1,10 +1,9 @@
-"""One flow run at a time per workspace.
+"""One run at a time per workspace.
 
-Two runs on one workspace would race on the same dataset and run folders (each write is atomic, but
-the second run's work would be wasted or, for training, interleaved). A file lock in the workspace
-serialises them: a second run waits up to `timeout` seconds, then exits with a message naming the
-holder. The catalog has its own short-lived lock for single writes, so `dpop sql` and `dpop lineage`
-never wait for a run.
+Two runs on one workspace would race on the same dataset and run folders (each write is atomic, but the
+second run's work would be wasted or, for training, interleaved). A file lock in the workspace
+serialises them: a second run waits up to `timeout` seconds, then exits naming the holder. The catalog
+has its own short lock per write, so `dpop sql` and `dpop lineage` never wait for a run.
 """
 
 from __future__ import annotations
@@ -21,8 +20,7 @@ from filelock import FileLock, Timeout
 
 from pipeline.workspace import Workspace
 
-LOCK_NAME = ".run.lock"
-HOLDER_NAME = ".run.lock.holder"
+LOCK_NAME, HOLDER_NAME = ".run.lock", ".run.lock.holder"
 
 
 class WorkspaceBusy(RuntimeError):
@@ -41,18 +39,10 @@ def workspace_lock(ws: Workspace, timeout: float = 0, what: str = "run") -> Iter
             f"waited {timeout:g} s. Wait for it to finish or pass a longer --lock-timeout."
         ) from None
     holder = ws.root / HOLDER_NAME
+    since = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
-        holder.write_text(
-            json.dumps(
-                {
-                    "pid": os.getpid(),
-                    "host": socket.gethostname(),
-                    "what": what,
-                    "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                }
-            ),
-            encoding="utf-8",
-        )
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "what": what, "since": since}
+        holder.write_text(json.dumps(info), encoding="utf-8")
         yield
     finally:
         holder.unlink(missing_ok=True)
@@ -60,7 +50,7 @@ def workspace_lock(ws: Workspace, timeout: float = 0, what: str = "run") -> Iter
 
 
 def _holder(ws: Workspace) -> str:
-    """Who holds the lock, as far as the holder file says (it is advisory: the lock file decides)."""
+    """Who holds the lock, as far as the holder file says (advisory: the lock file decides)."""
     for _ in range(5):  # the holder may be writing it right now
         try:
             info = json.loads((ws.root / HOLDER_NAME).read_text(encoding="utf-8"))

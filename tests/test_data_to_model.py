@@ -131,8 +131,8 @@ def test_refresh_retrains_only_on_new_data(prefect_server, shared_data: Path, tm
     # dpop lineage on the new model reaches the added file; row level reaches its rows.
     result = CliRunner().invoke(app, ["lineage", third["model_id"], "-w", str(ws.root), "--format", "json"])
     assert result.exit_code == 0, result.output
-    reached = json.loads(result.output)["source_files"]
-    assert added.resolve().as_uri() in reached and len(reached) == 3
+    reached = json.loads(result.output)["source_files"]  # source files by path (their URI is in the meta)
+    assert str(added.resolve()) in reached and len(reached) == 3
     rows = training_rows(ws, third["model_id"])
     assert rows.height == third["train_rows"] + third["eval_rows"]
     from_added = rows.filter(rows["source_uri"] == added.resolve().as_uri())

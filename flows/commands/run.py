@@ -22,12 +22,12 @@ import typer
 from flows.commands._common import WorkspaceOption, clean_errors, console
 
 
-def _option(kind: Any, *names: str, **settings: Any) -> Any:
+def option(kind: Any, *names: str, **settings: Any) -> Any:
     return Annotated[kind, typer.Option(*names, **settings)]
 
 
 # The options of `dpop run` and `dpop serve`: the same options make the same chain.
-Inputs = _option(
+Inputs = option(
     list[str] | None,
     "--input",
     "-i",
@@ -35,26 +35,26 @@ Inputs = _option(
     "-s",
     help="Preference data: files, folders, HF dataset names (repeatable; default: synthetic maths pairs).",
 )
-Model = _option(
+Model = option(
     Path | None,
     "--model",
     "-m",
     "--base-model",
     help="Base model folder (save_pretrained, safetensors; default: a tiny Llama).",
 )
-Config = _option(Path | None, "--config", "-c", help="dpop.yaml (see `dpop init`).")
-N = _option(int | None, "--n", min=20, help="Synthetic pairs when no --input is given.")
-Steps = _option(int | None, "--steps", min=1, help="Training steps (overrides training.max_steps).")
-SftSteps = _option(
+Config = option(Path | None, "--config", "-c", help="dpop.yaml (see `dpop init`).")
+N = option(int | None, "--n", min=20, help="Synthetic pairs when no --input is given.")
+Steps = option(int | None, "--steps", min=1, help="Training steps (overrides training.max_steps).")
+SftSteps = option(
     int | None, "--sft-steps", min=0, help="SFT warm-up steps (0: the base model is the reference)."
 )
-Seed = _option(int | None, "--seed", help="Seed of the synthetic data, model and training.")
-Losses = _option(str | None, "--losses", help="One run per loss from one reference, e.g. dpop:50,dpo.")
-WarmStart = _option(bool, "--warm-start", help="Train a new dataset version from the last model.")
-TaskRunner = _option(
+Seed = option(int | None, "--seed", help="Seed of the synthetic data, model and training.")
+Losses = option(str | None, "--losses", help="One run per loss from one reference, e.g. dpop:50,dpo.")
+WarmStart = option(bool, "--warm-start", help="Train a new dataset version from the last model.")
+TaskRunner = option(
     str, "--task-runner", help="default: threads here; dask: ingests and build parts on Dask."
 )
-DaskAddress = _option(
+DaskAddress = option(
     str | None, "--dask-address", help="Dask scheduler (tcp://host:8786; default: a local one)."
 )
 INTERRUPTED = (
@@ -64,20 +64,12 @@ INTERRUPTED = (
 
 
 def chain_spec(
-    inputs: Any,
-    model: Any,
-    config: Any,
-    n: Any,
-    steps: Any,
-    sft_steps: Any,
-    seed: Any,
-    losses: Any,
-    warm_start: bool,
+    inputs: Any, model: Any, config: Any, flags: dict[str, Any], losses: Any, warm_start: bool
 ) -> Any:
     """The ChainSpec of the command line, every path checked first (naming its flag); configs are the
-    raw dpop.yaml sections (no torch: `validate` checks them before any work)."""
+    raw dpop.yaml sections with the `flags` (n, steps, sft_steps, seed) applied: no torch here,
+    `validate` checks them before any work."""
     from demo.defaults import DEFAULT_CONFIG_YAML, _apply_flags, _merge
-
     from flows.chain import ChainSpec, with_losses
     from pipeline.config import parse_yaml, read_yaml
     from pipeline.curate.config import load_curation_config
@@ -93,13 +85,13 @@ def chain_spec(
     values = parse_yaml(DEFAULT_CONFIG_YAML, "dpop.yaml defaults")
     try:
         values = _merge(values, {k: v for k, v in user.items() if v is not None})
-        _apply_flags(values, n=n, steps=steps, sft_steps=sft_steps, seed=seed)
+        _apply_flags(values, **flags)
         curation = load_curation_config(values["curation"], base=config.resolve().parent if config else None)
     except (AttributeError, TypeError, ValueError):
-        validate(config, n, steps, sft_steps, seed, ())  # the loader's message, naming file and key
+        validate(config, flags, ())  # the loader's message, naming the file and the key
         raise
     sft = dict(values["sft"])
-    if model is not None and "steps" not in (user.get("sft") or {}) and sft_steps is None:
+    if model is not None and "steps" not in (user.get("sft") or {}) and flags["sft_steps"] is None:
         sft["steps"] = 0  # the demo's warm-up would damage a real model: it is its own reference
     _check_eval_file(curation)
     training = with_losses(values["training"], losses) if losses else (values["training"],)
@@ -138,13 +130,12 @@ def _check_eval_file(curation: Any) -> None:
         )
 
 
-def validate(config: Any, n: Any, steps: Any, sft_steps: Any, seed: Any, training: Any) -> None:
+def validate(config: Any, flags: dict[str, Any], training: Any) -> None:
     """Every config section as the stages will read it (imports torch: only when work is to be done)."""
     from demo.defaults import load_run_config
-
     from flows.chain import train_config
 
-    load_run_config(config, n=n, steps=steps, sft_steps=sft_steps, seed=seed)
+    load_run_config(config, **flags)
     for values in training:
         train_config(values)
 
@@ -159,18 +150,11 @@ def run(
     sft_steps: SftSteps = None,
     seed: Seed = None,
     losses: Losses = None,
-    engine: Annotated[
-        str,
-        typer.Option(
-            "--engine", help="prefect: the Prefect flow (UI, artifacts); direct: inline, no Prefect server."
-        ),
-    ] = "prefect",
-    report: Annotated[
-        bool, typer.Option("--report/--no-report", help="Write the HTML report at the end.")
-    ] = True,
-    open_report: Annotated[
-        bool, typer.Option("--open", help="Open the report in a browser when done.")
-    ] = False,
+    engine: option(
+        str, "--engine", help="prefect: the Prefect flow; direct: inline, no Prefect."
+    ) = "prefect",
+    report: option(bool, "--report/--no-report", help="Write the HTML report at the end.") = True,
+    open_report: option(bool, "--open", help="Open the report in a browser when done.") = False,
     task_runner: TaskRunner = "default",
     dask_address: DaskAddress = None,
     warm_start: WarmStart = False,
@@ -184,10 +168,11 @@ def run(
             )
         if engine == "direct" and (task_runner != "default" or dask_address):
             raise ValueError("--task-runner/--dask-address need the Prefect engine (--engine prefect)")
-        spec = chain_spec(input, model, config, n, steps, sft_steps, seed, losses, warm_start)
+        flags = {"n": n, "steps": steps, "sft_steps": sft_steps, "seed": seed}
+        spec = chain_spec(input, model, config, flags, losses, warm_start)
         summary = _up_to_date(spec, workspace)
         if summary is None:
-            validate(config, n, steps, sft_steps, seed, spec.training)
+            validate(config, flags, spec.training)
             if spec.smoke_test:
                 console.print(f"[bold yellow]warning: {spec.smoke_test}[/]", soft_wrap=True)
             summary = _run(spec, workspace, engine, task_runner, dask_address)
@@ -215,9 +200,10 @@ def _run(
     ws = Workspace.open(workspace)
     try:
         if engine == "direct":
-            return _direct(ws, spec)
+            with _progress():
+                return _direct(ws, spec)
         _prefect_home(ws)  # before Prefect is imported: it reads its settings once
-        with _api_server():
+        with _api_server(), _progress():
             from flows.data_to_model import data_to_model_flow
 
             out = data_to_model_flow(str(ws.root), spec.to_json(), task_runner, dask_address)
@@ -239,6 +225,27 @@ def _direct(ws: Any, spec: Any) -> dict[str, Any]:
         out = summary(data_to_model(ws, spec, INLINE))
         outputs += [r["model_dir"] for r in out["runs"]]
     return {**out, "via": f"inline, {out['status']}"}
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[None]:
+    """A progress bar per stage that reports progress (the runner's `progress_sink`)."""
+    from rich.progress import Progress
+
+    from pipeline.stage import progress_sink
+
+    with Progress(console=console, transient=True) as bars:
+        shown: dict[str, Any] = {}
+
+        def show(label: str, done: int, total: int | None, text: str) -> None:
+            shown.setdefault(label, bars.add_task(label, total=total))
+            bars.update(shown[label], completed=done, total=total, description=f"{label}: {text}")
+
+        token = progress_sink.set(show)
+        try:
+            yield
+        finally:
+            progress_sink.reset(token)
 
 
 def _prefect_home(ws: Any) -> None:

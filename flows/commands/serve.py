@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
@@ -20,12 +20,7 @@ from flows.commands._common import WorkspaceOption, clean_errors, console
 DEFAULT_NAME = "nightly"
 
 
-def deployment(
-    name: str,
-    cron: str,
-    parameters: dict[str, Any],
-    timezone: str | None = None,
-) -> Any:
+def deployment(name: str, cron: str, parameters: dict[str, Any], timezone: str | None = None) -> Any:
     """The data-to-model deployment with its cron schedule (a RunnerDeployment: `.apply()` registers it,
     `prefect.serve(it)` runs it)."""
     from prefect.schedules import Cron
@@ -48,12 +43,7 @@ def deployment(
 
 
 def serve(
-    cron: Annotated[
-        str,
-        typer.Option(
-            "--cron", help='Cron schedule, e.g. "0 3 * * *" (03:00 every day); a 6th field counts seconds.'
-        ),
-    ],
+    cron: r.option(str, "--cron", help='Cron schedule, e.g. "0 3 * * *"; a 6th field counts seconds.'),
     input: r.Inputs = None,
     model: r.Model = None,
     config: r.Config = None,
@@ -66,18 +56,17 @@ def serve(
     warm_start: r.WarmStart = False,
     task_runner: r.TaskRunner = "default",
     dask_address: r.DaskAddress = None,
-    name: Annotated[str, typer.Option("--name", help="Deployment name.")] = DEFAULT_NAME,
-    timezone: Annotated[
-        str | None, typer.Option("--timezone", help="Time zone of the cron, e.g. Europe/Paris.")
-    ] = None,
+    name: r.option(str, "--name", help="Deployment name.") = DEFAULT_NAME,
+    timezone: r.option(str | None, "--timezone", help="Time zone of the cron, e.g. Europe/Paris.") = None,
 ) -> None:
     """Serve `data-to-model` on a schedule (blocks; stop with Ctrl-C): the chain `dpop run` runs with the
     same options, so a scheduled run reproduces it. Needs a running Prefect server."""
     with clean_errors():
         from pipeline.workspace import Workspace
 
-        spec = r.chain_spec(input, model, config, n, steps, sft_steps, seed, losses, warm_start)
-        r.validate(config, n, steps, sft_steps, seed, spec.training)  # now, not at 03:00
+        flags = {"n": n, "steps": steps, "sft_steps": sft_steps, "seed": seed}
+        spec = r.chain_spec(input, model, config, flags, losses, warm_start)
+        r.validate(config, flags, spec.training)  # now, not at 03:00
         parameters = {
             "workspace": str(Workspace.open(workspace).root),
             "spec": spec.to_json(),
