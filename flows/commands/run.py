@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -161,7 +162,7 @@ def run(
 ) -> None:
     """Run the whole chain: data -> curated shards -> SFT reference -> DPOP training -> report."""
     started = time.perf_counter()
-    with clean_errors():
+    with _resumable(), clean_errors():
         if engine not in ("prefect", "direct") or task_runner not in ("default", "dask"):
             raise ValueError(
                 f"--engine is prefect or direct ({engine!r}); --task-runner default or dask ({task_runner!r})"
@@ -198,19 +199,25 @@ def _run(
     from pipeline.workspace import Workspace
 
     ws = Workspace.open(workspace)
-    try:
-        if engine == "direct":
-            with _progress():
-                return _direct(ws, spec)
-        _prefect_home(ws)  # before Prefect is imported: it reads its settings once
-        with _api_server(), _progress():
-            from flows.data_to_model import data_to_model_flow
+    if engine == "direct":
+        with _progress():
+            return _direct(ws, spec)
+    _prefect_home(ws)  # before Prefect is imported: it reads its settings once
+    with _api_server(), _progress():
+        from flows.data_to_model import data_to_model_flow
 
-            out = data_to_model_flow(str(ws.root), spec.to_json(), task_runner, dask_address)
-        return {**out, "via": f"Prefect flow, {out['status']}"}
+        out = data_to_model_flow(str(ws.root), spec.to_json(), task_runner, dask_address)
+    return {**out, "via": f"Prefect flow, {out['status']}"}
+
+
+@contextlib.contextmanager
+def _resumable() -> Iterator[None]:
+    """Ctrl-C: say that the run stopped and how to resume it, exit 130 (as a shell does)."""
+    try:
+        yield
     except KeyboardInterrupt:
         console.print(f"[bold yellow]{INTERRUPTED}[/]", soft_wrap=True)
-        raise typer.Exit(130) from None
+        sys.exit(130)
 
 
 def _direct(ws: Any, spec: Any) -> dict[str, Any]:

@@ -125,7 +125,7 @@ def test_an_up_to_date_run_starts_neither_prefect_nor_torch(inputs, tmp_path: Pa
 @pytest.mark.slow
 def test_ctrl_c_says_how_to_resume_and_rerunning_does(inputs, tmp_path: Path) -> None:
     data, config = inputs
-    long = {**TINY, "training": {**TINY["training"], "max_steps": 400, "eval_steps": 400}}
+    long = {**TINY, "training": {**TINY["training"], "max_steps": 10, "eval_steps": 10}}
     config.write_text(yaml.safe_dump(long), encoding="utf-8")
     ws = tmp_path / "ws"
     command = [
