@@ -20,8 +20,7 @@ import importlib
 import importlib.util
 import json
 import socket
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -425,21 +424,29 @@ def summary(result: ChainResult) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def lineage_run(ws: Workspace, run: tuple[str, str], spec: ChainSpec) -> Iterator[list[str]]:
-    """The chain's own OpenLineage run (START, then COMPLETE or FAIL): the parent of its stages' events.
-    The body appends the folders it made (the models) for COMPLETE."""
+def run_chain(
+    ws: Workspace, spec: ChainSpec, executor: Executor, run: tuple[str, str], lock_timeout: float = 0
+) -> ChainResult:
+    """`data_to_model` as a run of its own (the flow's, or `--engine direct`'s): the workspace lock held
+    (waiting at most `lock_timeout` s), temporaries of dead writers swept, and the run's OpenLineage
+    events (`run`: its id and job name), START, then COMPLETE or FAIL, the parent of its stages' events."""
+    from flows.lock import workspace_lock
+    from pipeline.atomic import sweep_temporaries
     from pipeline.openlineage import emit, file_ref
 
     inputs = [file_ref(s) for s in (*spec.sources, *filter(None, [spec.base_model]))]
-    outputs: list[str] = []
-    token = lineage_parent.set(run)
-    emit(ws, "START", run[0], run[1], "FLOW", None, inputs)
-    try:
-        yield outputs
-    except BaseException as error:
-        emit(ws, "FAIL", run[0], run[1], "FLOW", None, inputs, error=error)
-        raise
-    finally:
-        lineage_parent.reset(token)
-    emit(ws, "COMPLETE", run[0], run[1], "FLOW", None, inputs, [file_ref(o) for o in outputs])
+    with workspace_lock(ws, lock_timeout, what=f"{run[1]} run"):
+        if swept := sweep_temporaries(ws.root):
+            print(f"removed {swept} unfinished file(s) left by an interrupted run")
+        token = lineage_parent.set(run)
+        emit(ws, "START", run[0], run[1], "FLOW", None, inputs)
+        try:
+            result = data_to_model(ws, spec, executor)
+        except BaseException as error:
+            emit(ws, "FAIL", run[0], run[1], "FLOW", None, inputs, error=error)
+            raise
+        finally:
+            lineage_parent.reset(token)
+        outputs = [file_ref(r.output("model").location(ws)) for r in result.runs]
+        emit(ws, "COMPLETE", run[0], run[1], "FLOW", None, inputs, outputs)
+    return result

@@ -13,10 +13,8 @@ import prefect.runtime.flow_run
 from prefect import flow
 
 from flows.artifacts import publish
-from flows.chain import ChainSpec, data_to_model, lineage_run, summary
+from flows.chain import ChainSpec, run_chain, summary
 from flows.executors import PrefectExecutor, task_runner_for
-from flows.lock import workspace_lock
-from pipeline.atomic import sweep_temporaries
 from pipeline.workspace import Workspace
 
 FLOW_NAME = "data-to-model"
@@ -35,13 +33,9 @@ def data_to_model_flow(
     ws, chain = Workspace.open(workspace), ChainSpec.from_json(spec)
     run = (str(prefect.runtime.flow_run.id), FLOW_NAME)
     runner = task_runner_for(task_runner, dask_address)
-    with workspace_lock(ws, lock_timeout, what=f"{FLOW_NAME} flow"):
-        if swept := sweep_temporaries(ws.root):
-            print(f"removed {swept} unfinished file(s) left by an interrupted run")
-        with lineage_run(ws, run, chain) as outputs, runner or contextlib.nullcontext():
-            result = data_to_model(ws, chain, PrefectExecutor(run, runner))
-            outputs += [r["model_dir"] for r in summary(result)["runs"]]
-        out = {**summary(result), "flow_run_id": run[0]}
-        publish(result, out)
+    with runner or contextlib.nullcontext():
+        result = run_chain(ws, chain, PrefectExecutor(run, runner), run, lock_timeout)
+    out = {**summary(result), "flow_run_id": run[0]}
+    publish(result, out)
     print(f"{FLOW_NAME}: {out['status']}: run {out['run_id']}, model {out['model_dir']}")
     return out

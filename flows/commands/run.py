@@ -221,16 +221,10 @@ def _resumable() -> Iterator[None]:
 
 
 def _direct(ws: Any, spec: Any) -> dict[str, Any]:
-    from flows.chain import data_to_model, lineage_run, summary
-    from flows.lock import workspace_lock
+    from flows.chain import run_chain, summary
     from pipeline.stage import INLINE
 
-    with (
-        workspace_lock(ws, 0, "dpop run --engine direct"),
-        lineage_run(ws, (str(uuid.uuid4()), "data-to-model"), spec) as outputs,
-    ):
-        out = summary(data_to_model(ws, spec, INLINE))
-        outputs += [r["model_dir"] for r in out["runs"]]
+    out = summary(run_chain(ws, spec, INLINE, (str(uuid.uuid4()), "data-to-model")))
     return {**out, "via": f"inline, {out['status']}"}
 
 
