@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.sql import query
 from demo.synth_math import write_math_pairs
+from pipeline.sql import query
 from pipeline.workspace import Workspace
 from tests.flows.real_slice import tiny_base_model
 
