@@ -667,7 +667,10 @@ def selection_summary(frame: pl.DataFrame, config: SelectionConfig) -> dict[str,
             "dropped": _quantiles(selectable.filter(~pl.col("kept"))["score"]),
         },
         "by_source": _by_source(selectable),
+        "target": _total(frame, config, int(frame["rank"].is_not_null().sum())),
     }
+    if frame["_group"].n_unique() > 1:  # quotas: what each group had, and kept (a short group shows here)
+        summary["groups"] = _by_group(selectable)
     summary.update(_accuracies(frame))
     if config.weight is not None or config.source_weights:
         summary["weight"] = _quantiles(frame.filter(pl.col("kept"))["weight"].cast(pl.Float64))
@@ -693,6 +696,16 @@ def _by_source(frame: pl.DataFrame) -> dict[str, dict[str, int]]:
     return {
         row["source"]: {"kept": int(row["kept"]), "dropped": int(row["dropped"])}
         for row in counts.iter_rows(named=True)
+    }
+
+
+def _by_group(frame: pl.DataFrame) -> dict[str, dict[str, int]]:
+    counts = frame.group_by("_group").agg(
+        candidates=pl.col("rank").is_not_null().sum(), kept=pl.col("kept").sum()
+    )
+    return {
+        row["_group"]: {"candidates": int(row["candidates"]), "kept": int(row["kept"])}
+        for row in counts.sort("_group").iter_rows(named=True)
     }
 
 
