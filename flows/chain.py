@@ -1,6 +1,6 @@
-"""The one data-to-model chain, the same under every executor (no Prefect here: `flows/data_to_model.py`
-runs it as a Prefect flow; `dpop run --engine direct` and the benchmarks inline; `dpop run` first through
-`ProbeExecutor`, to answer "is everything up to date?" without running anything):
+"""The one data-to-model chain, the same under every executor (no Prefect here): `flows/data_to_model.py`
+runs it as a Prefect flow, `dpop run --engine direct` inline, `dpop run` first through `ProbeExecutor`
+("is everything up to date?", running nothing):
 
     ingest (one stage per file) -> tiny model (demo only) -> build -> SFT (optional)
         -> log-probs (reference, in the policy's precision) -> train (one stage per training config)
@@ -127,11 +127,6 @@ class ChainResult:
         """Names a comparison: several runs from one base, reference and batch order."""
         return f"cmp-{stable_hash(sorted(r.id for r in self.runs), 16)}" if len(self.runs) > 1 else None
 
-    def model(self, record: StageRecord) -> tuple[str, str]:
-        """(id, folder) of the model a record made."""
-        model = record.output("model")
-        return model.id, str(model.location(self.ws))
-
 
 def data_to_model(ws: Workspace, spec: ChainSpec, executor: Executor) -> ChainResult:
     """Run, or find done, every stage of the chain for `spec` (see the module docstring)."""
@@ -143,7 +138,7 @@ def data_to_model(ws: Workspace, spec: ChainSpec, executor: Executor) -> ChainRe
         tiny = run(
             "demo.tiny_model:TinyModelStage", (pairs, tiny_settings), lambda: (tuple(ingests), tiny_settings)
         )
-    base_id, base = run.model(tiny, spec.base_model)
+    base_id, base = _model(ws, tiny, spec.base_model)
     refs = lambda: tuple(_load("pipeline.build:IngestRef")(i, uri, Path(path)) for i, uri, path in pairs)  # noqa: E731
     build_key = (pairs, spec.curation, _eval_sha256(spec), base_id)
     build = run("pipeline.build:BuildStage", build_key, lambda: (refs(), dict(spec.curation), Path(base)))
@@ -153,7 +148,7 @@ def data_to_model(ws: Workspace, spec: ChainSpec, executor: Executor) -> ChainRe
         reference = run(
             "dpop.sft:SFTStage", (base_id, build.id, sft), lambda: (Path(base), build.id, sft_config())
         )
-    reference_id, reference_path = run.model(reference, base)
+    reference_id, reference_path = _model(ws, reference, base)
     trained = [run.train(build.id, (reference_id, reference_path), training) for training in spec.training]
     logps, runs = tuple(t[0] for t in trained), tuple(t[1] for t in trained)
     result = ChainResult(ws, spec, tuple(ingests), tiny, build, reference, logps, runs, reference_path)
@@ -236,13 +231,6 @@ class _Steps:
         arguments = lambda: (logps.id, Path(start), train_config(training), ref)  # noqa: E731
         return logps, self("dpop.train:TrainStage", (logps.id, start_id, reference[0], config), arguments)
 
-    def model(self, record: StageRecord | None, folder: str | None) -> tuple[str, str]:
-        """(id, folder) of the model a record made, else of a model folder."""
-        if record is not None:
-            model = record.output("model")
-            return model.id, str(model.location(self.ws))
-        return _load("dpop.model_io:model_artifact")(str(folder)).id, str(folder)
-
     def warm_start(self, dataset_id: str, training: Mapping[str, Any]) -> tuple[str, str] | None:
         """With warm start: the model of the latest run with this loss on another dataset version (one on
         this version would make itself out of date), else None (start from the reference)."""
@@ -257,7 +245,7 @@ class _Steps:
             for r in runs
             if r.config.get("loss", "dpop") == loss and dataset_id not in {i.artifact.id for i in r.inputs}
         ]
-        return self.model(max(runs, key=lambda r: r.finished_at), None) if runs else None
+        return _model(self.ws, max(runs, key=lambda r: r.finished_at)) if runs else None
 
 
 def expand(sources: list[str]) -> list[tuple[Any, bool]]:
@@ -285,6 +273,14 @@ def _synthetic(ws: Workspace, spec: ChainSpec, executor: Executor) -> str:
 
         write_math_pairs(path, spec.synth_n, spec.seed)
     return str(path)
+
+
+def _model(ws: Workspace, record: StageRecord | None, folder: str | None = None) -> tuple[str, str]:
+    """(id, folder) of the model a record made, else of a model folder."""
+    if record is None:
+        return _load("dpop.model_io:model_artifact")(str(folder)).id, str(folder)
+    model = record.output("model")
+    return model.id, str(model.location(ws))
 
 
 def train_config(training: Mapping[str, Any]) -> Any:
@@ -381,7 +377,7 @@ def summary(result: ChainResult) -> dict[str, Any]:
         {
             "run_id": r.id,
             "run_dir": str(result.ws.root / r.folder),
-            **dict(zip(("model_id", "model_dir"), result.model(r), strict=True)),
+            **dict(zip(("model_id", "model_dir"), _model(result.ws, r), strict=True)),
             "loss": r.config.get("loss", "dpop"),
             "final_metrics": dict(r.summary.get("final_metrics") or {}),
             "resumed": bool(r.summary.get("resumed")),
