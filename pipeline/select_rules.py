@@ -78,11 +78,11 @@ def margin(frame: pl.DataFrame, config: Any) -> pl.Series:
         s_im = clip(m_im, 0, 1),  s_ex = clip(m_ex, 0, 1)
 
     fused per pair (`fusion`): `mul` s_im·s_ex (both margins must agree), `mean` (s_im + s_ex)/2, or
-    `bayes` σ(m_im + m_ex), the product-of-experts probability σ(m_im)σ(m_ex) / [σσ + (1−σ)(1−σ)] the
-    later versions' Bayesian aggregation of two preference probabilities gives. A pair without external
-    scores is scored by s_im alone. The abstract and the paper's framing were checked; the exact
-    normalisation before clipping and the fusion of the version we could not read are our reading
-    (docs/selection.md)."""
+    `bayes` σ(m_im + m_ex), which is σ(m_im)σ(m_ex) / [σ(m_im)σ(m_ex) + (1−σ(m_im))(1−σ(m_ex))]: the two
+    margins as independent preference probabilities (our reading of the later versions' "Bayesian
+    Aggregation", unverified). A pair without external scores is scored by s_im alone (σ(m_im) under
+    `bayes`). Checked: the abstracts and the principle; not readable here: the method section, so the
+    normalisation before clipping, the fusion and the equation numbers are ours (docs/selection.md)."""
     implicit = implicit_margin(frame, config.beta)
     scores = frame["score_margin"] if "score_margin" in frame.columns else pl.Series([None] * frame.height)
     parts = pl.DataFrame({"im": implicit, "ex": scores.cast(pl.Float64) / config.external_scale})
