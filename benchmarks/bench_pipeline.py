@@ -1,23 +1,33 @@
-"""Benchmark the data pipeline against the raw kernel and a naive per-row baseline.
+"""Benchmark the data pipeline against the raw kernel, the tokenizer alone and a naive baseline.
 
 Side by side in one process, on the same N pairs (resampled from the real data in ../shared/data when
 present, each copy's prompt made unique so curation keeps it; synthetic otherwise):
 
 1. raw kernel: rapidfuzz.process.cpdist(chosen, rejected, scorer=Levenshtein.distance, workers=-1)
-2. our score stage: pipeline.score.score_pairs (char + word distances, lengths, margins)
-3. our whole build: ingest (JSONL file) -> score -> curate -> tokenise -> shard
+2. our score stage: pipeline.score.score_pairs as the build runs it (char distance, lengths, word
+   counts, margins; `word_edit_distance` is computed only when a filter reads it), and 2b the same with
+   `word_edit_distance`
+3. our whole build: ingest (JSONL file) -> score -> curate -> tokenise -> shard, and 3b the build
+   stage alone (after the ingest)
 4. naive baseline as most scripts do it: datasets.Dataset.map with a per-row Python function
    (rapidfuzz per pair for char and word distance, chat template + tokenizer per row)
+5. the tokenizer-only limit: every distinct text the build tokenises (the rendered prompts, chosen,
+   rejected) through the same tokenizer, batched (1,024 texts a call, as the build), on every core,
+   and nothing else: what the build would cost if everything but its tokenizer were free
 
-Then peak RSS of (3) alone, in fresh subprocesses, at 100k and 1M pairs (streaming check).
+Then peak RSS of (3) alone, in fresh subprocesses, at 100k and 1M pairs (add 10M with --rss-sizes:
+its source is written gzipped, about 4 GB, and the build needs about 40 GB of disk). The load average
+is recorded with every row: the machine is shared, compare ratios from one run.
 Prints a rich table and writes benchmarks/results/bench_pipeline.json.
 
     python benchmarks/bench_pipeline.py --n 100000 --naive-n 20000 --rss-sizes 100000,1000000
+    python benchmarks/bench_pipeline.py --rss-only --rss-sizes 10000000      # merged into the JSON
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import random
@@ -44,6 +54,12 @@ CONFIG = {
     "tokenize": {"max_length": 2048, "max_prompt_length": 1024},
     "shards": {"rows_per_shard": 50_000},
 }
+GZIP_FROM = 2_000_000  # RSS sources of this many pairs or more are written gzipped (disk)
+
+
+def load() -> list[float]:
+    """The 1, 5 and 15 minute load averages (other jobs share the machine)."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def seed_pairs() -> tuple[list[dict], str]:
@@ -85,7 +101,9 @@ def write_source(path: Path, seeds: list[dict], n: int, seed: int = 0) -> None:
     of its prompt and of both responses (edit distance unchanged), so no copy is a duplicate and no
     text repeats more than in the real data: a resampled benchmark must not reward caching."""
     rng = random.Random(seed)
-    with open(path, "w", encoding="utf-8") as handle:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    kwargs = {"compresslevel": 1} if path.name.endswith(".gz") else {}
+    with opener(path, "wt", encoding="utf-8", **kwargs) as handle:
         for index in range(n):
             row = seeds[rng.randrange(len(seeds))]
             prompt = [dict(m) for m in row["prompt"]]
@@ -115,12 +133,13 @@ def load_rows(path: Path) -> list[dict]:
 
 
 def run_build(source: Path, tokenizer: Path, workdir: Path) -> dict:
-    """Stage (3): ingest the JSONL file, then build; returns timing and counts."""
+    """Stage (3): ingest the JSONL file, then build; returns timing, counts and load averages."""
     from pipeline.build import build_dataset
     from pipeline.ingest import ingest_source
     from pipeline.workspace import Workspace
 
     ws = Workspace.open(workdir)
+    load_before = load()
     start = time.perf_counter()
     ingests = ingest_source(source, ws)
     ingested = time.perf_counter()
@@ -135,6 +154,7 @@ def run_build(source: Path, tokenizer: Path, workdir: Path) -> dict:
         "rows_in": result.rows_in,
         "rows_kept": result.rows_kept,
         "dataset_id": result.dataset_id,
+        "load": [load_before, load()],
     }
 
 
@@ -184,6 +204,28 @@ def naive_tokenizer_seconds(rows: list[dict], tokenizer_path: Path) -> float:
     return time.perf_counter() - start
 
 
+def tokenizer_only(rows: list[dict], tokenizer_path: Path) -> dict:
+    """Row (5), the limit: the distinct texts the build tokenises (prompts rendered by the chat
+    template, untimed), encoded by the same Rust tokenizer in calls of 1,024 texts as the build makes
+    them, on every core; the ids are not even read out."""
+    from pipeline.tokenize import _TOKENIZE_CHUNK, FastTokenizer
+
+    tokenizer = FastTokenizer(tokenizer_path)
+    prompts = tokenizer.render([row["prompt"] for row in rows])
+    texts = list(dict.fromkeys([*prompts, *(r["chosen"] for r in rows), *(r["rejected"] for r in rows)]))
+    load_before = load()
+    start = time.perf_counter()
+    for first in range(0, len(texts), _TOKENIZE_CHUNK):
+        tokenizer.backend.encode_batch_fast(texts[first : first + _TOKENIZE_CHUNK], add_special_tokens=False)
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "texts": len(texts),
+        "chars": sum(map(len, texts)),
+        "load": [load_before, load()],
+    }
+
+
 def peak_rss_mib() -> float:
     """This process's peak RSS. Linux: VmHWM of its own address space; `ru_maxrss` would also count the
     parent's size at fork (it survives exec), which overstates a child started from a big parent."""
@@ -204,20 +246,23 @@ def rss_child(source: str, tokenizer: str, workdir: str) -> None:
 
 
 def measure_rss(seeds: list[dict], n: int, tokenizer: Path, scratch: Path) -> dict:
-    source = scratch / f"rss-{n}.jsonl"
+    source = scratch / (f"rss-{n}.jsonl.gz" if n >= GZIP_FROM else f"rss-{n}.jsonl")
     write_source(source, seeds, n, seed=n)
     workdir = scratch / f"rss-ws-{n}"
     command = [sys.executable, __file__, "--rss-child", str(source), str(tokenizer), str(workdir)]
-    output = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+    try:
+        output = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        source.unlink()
     if output.returncode != 0:
         raise RuntimeError(f"RSS run at {n} failed:\n{output.stderr[-3000:]}")
     stats = json.loads(output.stdout.strip().splitlines()[-1])
-    shutil.rmtree(workdir, ignore_errors=True)
-    source.unlink()
-    return {"n": n, **stats}
+    return {"n": n, "source": source.name, **stats}
 
 
 def rss_only(sizes: str, vocab_size: int) -> None:
+    """Only the RSS runs; each replaces the stored run of the same size in the JSON result."""
     from rich.console import Console
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
@@ -228,10 +273,12 @@ def rss_only(sizes: str, vocab_size: int) -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    result["rss"] = rss
+    by_size = {item["n"]: item for item in result.get("rss", [])}
+    by_size.update({item["n"]: item for item in rss})
+    result["rss"] = [by_size[n] for n in sorted(by_size)]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print_rss(Console(), rss)
+    print_rss(Console(), result["rss"])
 
 
 def bench_tokenizer(seeds: list[dict], out: Path, vocab_size: int) -> Path:
@@ -245,11 +292,10 @@ def bench_tokenizer(seeds: list[dict], out: Path, vocab_size: int) -> Path:
 
 
 def chars_per_token(tokenizer_path: Path, texts: list[str]) -> float:
-    from transformers import AutoTokenizer
+    from pipeline.tokenize import FastTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
-    ids = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-    return sum(map(len, texts)) / max(1, sum(len(e.ids) for e in ids))
+    values, _ = FastTokenizer(tokenizer_path).encode(texts)
+    return sum(map(len, texts)) / max(1, len(values))
 
 
 def tokenizer_texts(seeds: list[dict]) -> list[str]:
@@ -262,27 +308,145 @@ def print_rss(console, rss: list[dict]) -> None:
 
     if not rss:
         return
-    rss_table = Table(title="Peak RSS of the whole build (fresh process each)")
-    for column in ("pairs", "seconds", "pairs/s", "peak RSS MiB"):
+    rss_table = Table(title="Peak RSS of the whole build, ingest included (fresh process each)")
+    for column in ("pairs", "source", "seconds", "pairs/s", "peak RSS MiB", "load (1/5/15 min)"):
         rss_table.add_column(column, justify="right")
     for item in rss:
         rss_table.add_row(
             f"{item['n']:,}",
+            item.get("source", "jsonl"),
             f"{item['seconds']:.1f}",
             f"{item['n'] / item['seconds']:,.0f}",
             f"{item['peak_rss_mib']:,.0f}",
+            "/".join(f"{x:.1f}" for x in item.get("load", [[]])[0]),
         )
     console.print(rss_table)
     if len(rss) >= 2:
-        ratio = rss[-1]["peak_rss_mib"] / rss[0]["peak_rss_mib"]
-        console.print(f"RSS ratio {rss[-1]['n']:,} / {rss[0]['n']:,}: {ratio:.2f}x")
+        for item in rss[1:]:
+            ratio = item["peak_rss_mib"] / rss[0]["peak_rss_mib"]
+            console.print(f"RSS ratio {item['n']:,} / {rss[0]['n']:,}: {ratio:.2f}x")
+
+
+def measure(args: argparse.Namespace, scratch: Path, console) -> dict:
+    """Rows (1)-(5) on args.n pairs (the naive one on args.naive_n), then the RSS runs."""
+    import pyarrow as pa
+    from rapidfuzz import process
+    from rapidfuzz.distance import Levenshtein
+
+    from pipeline.score import score_pairs
+
+    seeds, origin = seed_pairs()
+    tokenizer = bench_tokenizer(seeds, scratch / "tokenizer", args.vocab_size)
+    source = scratch / "pairs.jsonl"
+    write_source(source, seeds, args.n)
+    rows = load_rows(source)
+    chosen, rejected = [r["chosen"] for r in rows], [r["rejected"] for r in rows]
+    density = chars_per_token(tokenizer, chosen[:5000])
+    console.print(
+        f"{args.n:,} pairs from {origin}; mean chosen length {sum(map(len, chosen)) / len(chosen):.0f} chars; "
+        f"tokenizer: byte-level BPE, vocab {args.vocab_size:,}, {density:.2f} chars/token; load {load()}"
+    )
+    out = {"data": origin, "n": args.n, "cpu_count": os.cpu_count(), "load": {"start": load()}}
+    out["tokenizer"] = {"vocab_size": args.vocab_size, "chars_per_token": density}
+    seconds = out["seconds"] = {}
+    start = time.perf_counter()
+    process.cpdist(chosen, rejected, scorer=Levenshtein.distance, workers=-1)
+    seconds["kernel"] = time.perf_counter() - start
+    table = pa.Table.from_pylist(rows)
+    for name, words in (("score", False), ("score_with_word_distance", True)):
+        start = time.perf_counter()
+        score_pairs(table, word_distance=words)
+        seconds[name] = time.perf_counter() - start
+    del table, chosen, rejected
+    out["load"]["score"] = load()
+    out["tokenizer_only"] = tokenizer_only(rows, tokenizer)
+    seconds["tokenizer_only"] = out["tokenizer_only"]["seconds"]
+    naive_rows = rows[: args.naive_n]
+    del rows  # the build does not run beside a heap of 100k parsed rows (the garbage collector walks it)
+    out["build"] = run_build(source, tokenizer, scratch / "ws")
+    seconds["build"], seconds["build_stage"] = out["build"]["seconds"], out["build"]["build_seconds"]
+    out["naive_n"] = len(naive_rows)
+    seconds["naive"] = naive_map(naive_rows, tokenizer)
+    seconds["naive_tokenizer_only"] = naive_tokenizer_seconds(naive_rows, tokenizer)
+    out["load"]["end"] = load()
+    sizes = [int(n) for n in args.rss_sizes.split(",") if n.strip()]
+    out["rss"] = [measure_rss(seeds, n, tokenizer, scratch) for n in sizes]
+    return out
+
+
+def rates(out: dict) -> dict:
+    """Pairs per second of each row, and the ratios the targets are stated in."""
+    seconds, n = out["seconds"], out["n"]
+    per_second = {name: n / value for name, value in seconds.items() if not name.startswith("naive")}
+    per_second["naive"] = out["naive_n"] / seconds["naive"]
+    out["pairs_per_second"] = per_second
+    out["ratios"] = {
+        "score_vs_kernel": per_second["score"] / per_second["kernel"],
+        "score_with_word_distance_vs_kernel": per_second["score_with_word_distance"] / per_second["kernel"],
+        "word_distance_cost_vs_kernel": (seconds["score_with_word_distance"] - seconds["score"])
+        / seconds["kernel"],
+        "build_vs_naive": per_second["build"] / per_second["naive"],
+        "build_vs_tokenizer_only": per_second["build"] / per_second["tokenizer_only"],
+        "build_stage_vs_tokenizer_only": per_second["build_stage"] / per_second["tokenizer_only"],
+    }
+    return out
+
+
+def print_result(console, out: dict) -> None:
+    from rich.table import Table
+
+    seconds, speed, ratio, n = out["seconds"], out["pairs_per_second"], out["ratios"], out["n"]
+    table = Table(
+        title=f"Pipeline throughput ({out['data'].split(' ')[0]} data, {out['cpu_count']} CPU cores)"
+    )
+    for column in ("stage", "pairs", "seconds", "pairs/s", "ratio"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    rows = [
+        ("1 raw cpdist kernel", "kernel", n, "1.00x kernel"),
+        ("2 score_pairs (as the build runs it)", "score", n, f"{ratio['score_vs_kernel']:.2f}x kernel"),
+        (
+            "2b score_pairs + word_edit_distance",
+            "score_with_word_distance",
+            n,
+            f"{ratio['score_with_word_distance_vs_kernel']:.2f}x kernel",
+        ),
+        (
+            "3 build (ingest..shards)",
+            "build",
+            n,
+            f"{ratio['build_vs_naive']:.1f}x naive, {ratio['build_vs_tokenizer_only']:.2f}x limit",
+        ),
+        (
+            "3b build stage (after ingest)",
+            "build_stage",
+            n,
+            f"{ratio['build_stage_vs_tokenizer_only']:.2f}x limit",
+        ),
+        ("4 naive Dataset.map", "naive", out["naive_n"], "1.0x naive"),
+        ("5 tokenizer only (the limit)", "tokenizer_only", n, "1.00x limit"),
+    ]
+    for label, key, pairs, text in rows:
+        table.add_row(label, f"{pairs:,}", f"{seconds[key]:.2f}", f"{speed[key]:,.0f}", text)
+    console.print(table)
+    build = out["build"]
+    console.print(
+        f"build: ingest {build['ingest_seconds']:.1f} s + score/curate/tokenise/shard {build['build_seconds']:.1f} s; "
+        f"{build['rows_kept']:,} of {build['rows_in']:,} pairs kept; word distance costs "
+        f"{ratio['word_distance_cost_vs_kernel']:.2f}x the kernel's time"
+    )
+    console.print(
+        f"naive: its per-row chat template + tokenizer calls alone take {seconds['naive_tokenizer_only']:.2f} s "
+        f"of its {seconds['naive']:.2f} s ({seconds['naive_tokenizer_only'] / seconds['naive']:.0%})"
+    )
+    console.print(f"load average (1/5/15 min): {out['load']}")
+    print_rss(console, out["rss"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--n", type=int, default=100_000, help="pairs for stages 1-3")
+    parser.add_argument("--n", type=int, default=100_000, help="pairs for rows 1-3 and 5")
     parser.add_argument("--naive-n", type=int, default=20_000, help="pairs for the slow naive baseline (4)")
     parser.add_argument(
         "--rss-sizes", default="100000,1000000", help="comma-separated sizes for RSS runs ('' = none)"
@@ -306,120 +470,22 @@ def main() -> None:
     if args.rss_only:
         rss_only(args.rss_sizes, args.vocab_size)
         return
-
-    import pyarrow as pa
-    from rapidfuzz import process
-    from rapidfuzz.distance import Levenshtein
     from rich.console import Console
-    from rich.table import Table
-
-    from pipeline.score import score_pairs
 
     console = Console()
     scratch = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:
-        seeds, origin = seed_pairs()
-        tokenizer = bench_tokenizer(seeds, scratch / "tokenizer", args.vocab_size)
-        source = scratch / "pairs.jsonl"
-        write_source(source, seeds, args.n)
-        rows = load_rows(source)
-        chosen, rejected = [r["chosen"] for r in rows], [r["rejected"] for r in rows]
-        token_density = chars_per_token(tokenizer, chosen[:5000])
-        console.print(
-            f"{args.n:,} pairs from {origin}; mean chosen length {sum(map(len, chosen)) / len(chosen):.0f} chars; "
-            f"tokenizer: byte-level BPE, vocab {args.vocab_size:,}, {token_density:.2f} chars/token"
-        )
-
-        start = time.perf_counter()
-        process.cpdist(chosen, rejected, scorer=Levenshtein.distance, workers=-1)
-        kernel_s = time.perf_counter() - start
-
-        table = pa.Table.from_pylist(rows)
-        start = time.perf_counter()
-        score_pairs(table)
-        score_s = time.perf_counter() - start
-        del table
-
-        build = run_build(source, tokenizer, scratch / "ws")
-        naive_rows = rows[: args.naive_n]
-        del rows, chosen, rejected
-        naive_s = naive_map(naive_rows, tokenizer)
-        naive_tokenizer_s = naive_tokenizer_seconds(naive_rows, tokenizer)
-
-        throughput = {
-            "kernel": args.n / kernel_s,
-            "score": args.n / score_s,
-            "build": args.n / build["seconds"],
-            "naive": len(naive_rows) / naive_s,
-        }
-        rss = [measure_rss(seeds, int(n), tokenizer, scratch) for n in args.rss_sizes.split(",") if n.strip()]
+        out = rates(measure(args, scratch, console))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-    out = Table(title=f"Pipeline throughput ({origin.split(' ')[0]} data, {os.cpu_count()} CPU cores)")
-    for column in ("stage", "pairs", "seconds", "pairs/s", "ratio"):
-        out.add_column(column, justify="left" if column == "stage" else "right")
-    out.add_row(
-        "1 raw cpdist kernel",
-        f"{args.n:,}",
-        f"{kernel_s:.2f}",
-        f"{throughput['kernel']:,.0f}",
-        "1.00x kernel",
-    )
-    out.add_row(
-        "2 score_pairs",
-        f"{args.n:,}",
-        f"{score_s:.2f}",
-        f"{throughput['score']:,.0f}",
-        f"{throughput['score'] / throughput['kernel']:.2f}x kernel",
-    )
-    out.add_row(
-        "3 build (ingest..shards)",
-        f"{args.n:,}",
-        f"{build['seconds']:.2f}",
-        f"{throughput['build']:,.0f}",
-        f"{throughput['build'] / throughput['naive']:.1f}x naive",
-    )
-    out.add_row(
-        "4 naive Dataset.map",
-        f"{len(naive_rows):,}",
-        f"{naive_s:.2f}",
-        f"{throughput['naive']:,.0f}",
-        "1.0x naive",
-    )
-    console.print(out)
-    console.print(
-        f"build: ingest {build['ingest_seconds']:.1f} s + score/curate/tokenise/shard {build['build_seconds']:.1f} s; "
-        f"{build['rows_kept']:,} of {build['rows_in']:,} pairs kept"
-    )
-    console.print(
-        f"naive: its per-row chat template + tokenizer calls alone take {naive_tokenizer_s:.2f} s "
-        f"of its {naive_s:.2f} s ({naive_tokenizer_s / naive_s:.0%})"
-    )
-    print_rss(console, rss)
-    result = {
-        "data": origin,
-        "n": args.n,
-        "naive_n": len(naive_rows),
-        "cpu_count": os.cpu_count(),
-        "tokenizer": {"vocab_size": args.vocab_size, "chars_per_token": token_density},
-        "seconds": {
-            "kernel": kernel_s,
-            "score": score_s,
-            "build": build["seconds"],
-            "naive": naive_s,
-            "naive_tokenizer_only": naive_tokenizer_s,
-        },
-        "pairs_per_second": throughput,
-        "ratios": {
-            "score_vs_kernel": throughput["score"] / throughput["kernel"],
-            "build_vs_naive": throughput["build"] / throughput["naive"],
-        },
-        "build": build,
-        "rss": rss,
-    }
+    # RSS runs of other sizes stored before (a 10M run takes hours: `--rss-only`) are kept
+    stored = json.loads(RESULTS.read_text()).get("rss", []) if RESULTS.is_file() else []
+    by_size = {item["n"]: item for item in stored}
+    by_size.update({item["n"]: item for item in out["rss"]})
+    out["rss"] = [by_size[n] for n in sorted(by_size)]
+    print_result(console, out)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    RESULTS.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     console.print(f"wrote {RESULTS}")
 
 

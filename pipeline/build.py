@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -391,14 +391,14 @@ def _global_drops(
     """The global filters over the keys of every pair the row filters kept, in input order; each
     partition's drops go to its `drops` file (order, reason, detail) for its phase-2 part.
 
-    The keys are numpy arrays (40 bytes a pair) and the two global filters are sorts over them, not
-    hash tables: a stable lexsort puts equal keys next to each other in input order. The Polars
-    expressions of `run_filters` need about 7x the key frame's size (about 300 MB a million pairs
-    over a 40 MB frame); these need about 1.7x."""
+    The keys are numpy arrays (40 bytes a pair) and the two global filters are stable sorts over them,
+    not hash tables: equal keys end up next to each other in input order. The Polars expressions of
+    `run_filters` need about 7x the key frame on top of it (290 MB a million pairs over a 40 MB frame);
+    these need under 1x (330 MB over the 400 MB of ten million pairs)."""
     if not tasks:
         return
     keys = _read_keys(tasks)
-    alive = np.flatnonzero(np.ones(len(keys[ORDER]), dtype=bool))  # positions still kept
+    alive = np.arange(len(keys[ORDER]))  # positions still kept, in input order
     dropped = []
     for item in global_filters:
         count = counts.setdefault(item.name, FilterCount(item.name, item.reason))
@@ -429,23 +429,32 @@ KEY_FIELDS = (("pair_id", "pair"), (PROMPT_KEY, "prompt"))
 
 def _read_keys(tasks: list[PartTask]) -> dict[str, np.ndarray]:
     """Every partition's keys as flat numpy arrays (input order; `pair_hi`, `pair_lo`, `prompt_hi`,
-    `prompt_lo`: the 128-bit keys as two u64), read from the memory-mapped key files."""
-    pieces: dict[str, list[np.ndarray]] = {
-        ORDER: [],
-        **{f"{k}_{h}": [] for _, k in KEY_FIELDS for h in ("hi", "lo")},
-    }
+    `prompt_lo`: the 128-bit keys as two u64). The arrays are allocated once at their full size and
+    filled batch by batch from the memory-mapped key files: no list of pieces to concatenate (which
+    would hold every key twice)."""
+    names = [ORDER, *(f"{name}_{half}" for _, name in KEY_FIELDS for half in ("hi", "lo"))]
+    total = sum(batch.num_rows for task in tasks for batch in _key_batches(task))
+    keys = {name: np.empty(total, dtype=np.int64 if name == ORDER else np.uint64) for name in names}
+    row = 0
     for task in tasks:
-        with pa.memory_map(str(task.path("keys"))) as source:
-            table = pa.ipc.open_file(source).read_all()
-            pieces[ORDER].append(table.column(ORDER).to_numpy())
+        for batch in _key_batches(task):
+            stop = row + batch.num_rows
+            keys[ORDER][row:stop] = batch.column(ORDER).to_numpy()
             for column, name in KEY_FIELDS:
-                struct = table.column(column).combine_chunks()
+                struct = batch.column(column)
                 for half in ("hi", "lo"):
-                    pieces[f"{name}_{half}"].append(struct.field(half).to_numpy())
-    keys = {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in pieces.items()}
-    if len(keys[ORDER]) > 1 and not (np.diff(keys[ORDER]) > 0).all():  # partitions come in input order
+                    keys[f"{name}_{half}"][row:stop] = struct.field(half).to_numpy()
+            row = stop
+    if total > 1 and not (np.diff(keys[ORDER]) > 0).all():  # partitions come in input order
         raise RuntimeError("build: the partitions' keys are not in input order")
     return keys
+
+
+def _key_batches(task: PartTask) -> Iterator[pa.RecordBatch]:
+    with pa.memory_map(str(task.path("keys"))) as source:
+        reader = pa.ipc.open_file(source)
+        for index in range(reader.num_record_batches):
+            yield reader.get_batch(index)
 
 
 def _global_mask(
@@ -453,9 +462,9 @@ def _global_mask(
 ) -> np.ndarray:
     """Which of the `alive` rows the global filter drops."""
     if item.name == "duplicate_pair":
-        return _repeats(keys["pair_hi"][alive], keys["pair_lo"][alive])
+        return _repeats(*_alive_key(keys, "pair", alive))
     if item.name == "max_pairs_per_prompt" and max_per_prompt is not None:
-        return _rank_in_group(keys["prompt_hi"][alive], keys["prompt_lo"][alive]) >= max_per_prompt
+        return _beyond_first(*_alive_key(keys, "prompt", alive), max_per_prompt)
     # any other global filter: its own expression over the key frame (Polars, the general path)
     frame = pl.DataFrame(
         {
@@ -471,32 +480,46 @@ def _global_mask(
     return item.drop_mask(frame).to_numpy()
 
 
+def _alive_key(keys: dict[str, np.ndarray], name: str, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A key's two halves at the alive rows (no copy while every row is alive)."""
+    hi, lo = keys[f"{name}_hi"], keys[f"{name}_lo"]
+    if len(alive) == len(hi):
+        return hi, lo
+    return hi[alive], lo[alive]
+
+
 def _group_runs(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(perm, starts): the stable order that puts equal (hi, lo) keys together, input order kept
-    within a key; `starts[i]` is True where a new key begins in that order."""
+    within a key, and the positions in that order where a new key begins."""
     perm = np.lexsort((lo, hi))
-    sorted_hi, sorted_lo = hi[perm], lo[perm]
-    starts = np.ones(len(perm), dtype=bool)
-    starts[1:] = (sorted_hi[1:] != sorted_hi[:-1]) | (sorted_lo[1:] != sorted_lo[:-1])
-    return perm, starts
+    new = np.ones(len(perm), dtype=bool)
+    for half in (hi, lo):  # one sorted copy at a time
+        ordered = half[perm]
+        new[1:] &= ordered[1:] == ordered[:-1]
+        del ordered
+    np.logical_not(new[1:], out=new[1:])  # new[i]: key i differs from key i-1
+    return perm, np.flatnonzero(new)
 
 
 def _repeats(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     """True where the key appeared at an earlier position (`~is_first_distinct`)."""
     perm, starts = _group_runs(hi, lo)
-    repeat = np.zeros(len(perm), dtype=bool)
-    repeat[perm[~starts]] = True
+    repeat = np.ones(len(perm), dtype=bool)
+    repeat[perm[starts]] = False
     return repeat
 
 
-def _rank_in_group(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """Each row's 0-based rank among the rows with its key, in input order (`int_range().over(key)`)."""
+def _beyond_first(hi: np.ndarray, lo: np.ndarray, limit: int) -> np.ndarray:
+    """True for every row after the first `limit` rows of its key, in input order
+    (`int_range(len()).over(key) >= limit`); the work past the sort is per key and per dropped row."""
     perm, starts = _group_runs(hi, lo)
-    position = np.arange(len(perm))
-    first = np.maximum.accumulate(np.where(starts, position, 0))
-    rank = np.empty(len(perm), dtype=np.int64)
-    rank[perm] = position - first
-    return rank
+    lengths = np.diff(np.append(starts, len(perm)))
+    excess = np.maximum(lengths - limit, 0)
+    # sorted positions start + limit .. start + length - 1 of each key with more than `limit` rows
+    first = np.repeat(starts + limit - np.cumsum(excess) + excess, excess)
+    beyond = np.zeros(len(perm), dtype=bool)
+    beyond[perm[first + np.arange(len(first))]] = True
+    return beyond
 
 
 def _funnel(

@@ -98,7 +98,7 @@ def test_global_filters_on_sorted_keys_equal_the_polars_filters(keys, limit: int
     import numpy as np
     import polars as pl
 
-    from pipeline.build import _rank_in_group, _repeats
+    from pipeline.build import _beyond_first, _repeats
     from pipeline.curate.config import load_curation_config
     from pipeline.curate.filters import ORDER, PROMPT_KEY, FilterCount, build_filters, run_filters
 
@@ -115,5 +115,5 @@ def test_global_filters_on_sorted_keys_equal_the_polars_filters(keys, limit: int
     global_filters = [f for f in build_filters(config) if f.global_scope]
     kept, _ = run_filters(frame, global_filters, {n: FilterCount(n, n) for n in ("a",)})
     alive = np.flatnonzero(~_repeats(columns[0], columns[1]))
-    alive = alive[_rank_in_group(columns[2][alive], columns[3][alive]) < limit]
+    alive = alive[~_beyond_first(columns[2][alive], columns[3][alive], limit)]
     assert alive.tolist() == kept[ORDER].to_list()
