@@ -1,13 +1,17 @@
-"""The report's HTML: one self-contained page (inline CSS, PNGs beside it, no scripts, no network)."""
+"""The report's HTML: one self-contained page (inline CSS and SVG, PNGs beside it, no scripts, no network),
+with the pair inspector as a second page in the same folder."""
 
 from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.report.data import ReportData
+from pipeline.report.compare import GroupRow, RunSummary
+from pipeline.report.data import ReportData, RunData
+from pipeline.report.text import Sentence
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 0; color: #222; background: #f6f7f9; }
@@ -17,20 +21,25 @@ header p { margin: 0; color: #cbd5e1; font-size: 13px; }
 main { padding: 12px 32px 40px; max-width: 1500px; }
 section { background: #fff; border-radius: 8px; padding: 14px 20px; margin: 16px 0; box-shadow: 0 1px 2px rgba(0,0,0,.08); }
 h2 { font-size: 17px; margin: 4px 0 10px; }
+h3 { font-size: 14px; margin: 12px 0 6px; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; }
 .card { background: #fff; border-radius: 8px; padding: 10px 16px; min-width: 150px; box-shadow: 0 1px 2px rgba(0,0,0,.08); }
 .card .value { font-size: 20px; font-weight: 600; }
 .card .label { font-size: 12px; color: #666; }
 .good { color: #15803d; } .bad { color: #b91c1c; }
-table { border-collapse: collapse; font-size: 13px; }
-td, th { border-bottom: 1px solid #e5e7eb; padding: 4px 10px; text-align: left; }
+table { border-collapse: collapse; font-size: 13px; margin: 6px 0; }
+td, th { border-bottom: 1px solid #e5e7eb; padding: 4px 10px; text-align: left; vertical-align: top; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.differs th, tr.differs td { background: #fffbeb; }
 img.plot { max-width: 100%; border: 1px solid #e5e7eb; border-radius: 4px; }
 code { background: #f1f5f9; padding: 1px 4px; border-radius: 3px; font-size: 12px; }
-ul.tree { list-style: none; padding-left: 18px; border-left: 1px dashed #cbd5e1; margin: 4px 0; }
-ul.tree li { margin: 3px 0; font-size: 13px; }
-.kind { display: inline-block; min-width: 78px; font-weight: 600; color: #1d4ed8; }
+ul.findings { padding-left: 20px; margin: 6px 0 10px; } ul.findings li { margin: 4px 0; font-size: 14px; }
+ul.warnings { padding-left: 20px; margin: 6px 0 10px; } ul.warnings li { margin: 4px 0; font-size: 13.5px; color: #92400e; }
+ul.warnings li::marker { content: '⚠ '; }
+.lineage-wrap { overflow-x: auto; }
 .note { color: #92400e; font-size: 13px; }
+.muted { color: #666; font-size: 12.5px; }
+a.button { display: inline-block; background: #1d4ed8; color: #fff; padding: 6px 14px; border-radius: 6px; text-decoration: none; font-size: 14px; }
 """
 
 
@@ -39,75 +48,117 @@ def _e(value: Any) -> str:
 
 
 def _number(value: Any) -> str:
+    if isinstance(value, bool):  # before int: True is an int
+        return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, int):
         return f"{value:,}"
+    if value is None:
+        return "null"
     return _e(value)
 
 
-def last_metrics(metrics: list[dict[str, Any]], split: str) -> dict[str, Any]:
-    """The last logged value of every metric of a split."""
-    final: dict[str, Any] = {}
-    for event in metrics:
-        if event.get("split", "train") == split:
-            final.update(
-                {k: v for k, v in event.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-            )
-    return final
+def _signed(value: float | None, digits: int = 3, unit: str = "") -> str:
+    if value is None:
+        return "–"
+    tone = "good" if value >= 0 else "bad"
+    return f"<span class='{tone}'>{value:+.{digits}g}{unit}</span>"
 
 
-def _cards(data: ReportData) -> str:
-    evaluation = last_metrics(data.metrics, "eval") or last_metrics(data.metrics, "train")
-    reference = evaluation.get("ref_logps/chosen", data.reference_chosen_logps)
+def _plain(value: float | None, form: str = "{:.3g}") -> str:
+    return "–" if value is None else form.format(value)
+
+
+def _image(images: dict[str, Path | None], key: str, alt: str, missing: str) -> str:
+    path = images.get(key)
+    if path is None:
+        return f"<p class='note'>{_e(missing)}</p>"
+    return f"<img class='plot' id='plot-{key}' src='{_e(path.name)}' alt='{_e(alt)}'>"
+
+
+def _sentences(items: Sequence[Sentence], css: str) -> str:
+    return f"<ul class='{css}'>" + "".join(f"<li>{_e(s.text)}</li>" for s in items) + "</ul>" if items else ""
+
+
+def _cards(data: ReportData, summaries: Sequence[RunSummary]) -> str:
     cards = []
-    if "rewards/accuracies" in evaluation:
-        cards.append(("reward accuracy (eval)", f"{evaluation['rewards/accuracies']:.2f}", ""))
-    if "rewards/margins" in evaluation:
-        cards.append(("reward margin (eval)", f"{evaluation['rewards/margins']:.3f}", ""))
-    if "logps/chosen" in evaluation:
-        delta = None if reference is None else evaluation["logps/chosen"] - reference
-        tone = "" if delta is None else ("good" if delta >= 0 else "bad")
-        text = f"{evaluation['logps/chosen']:.2f}" + ("" if delta is None else f" ({delta:+.2f} vs ref)")
-        cards.append(("log p(chosen) (eval)", text, tone))
-    if data.manifest.get("splits"):
-        splits = data.manifest["splits"]
-        cards.append(
-            (
-                "pairs train / eval",
-                f"{splits.get('train', {}).get('rows', 0):,} / {splits.get('eval', {}).get('rows', 0):,}",
-                "",
-            )
-        )
-    steps = [m.get("step") for m in data.metrics if isinstance(m.get("step"), int)]
+    for s in summaries:
+        if s.accuracy is not None:
+            tone = "bad" if s.at_chance else ""
+            cards.append((f"{s.label}: reward accuracy (eval)", f"{s.accuracy:.2f}", tone))
+        if s.chosen_delta is not None:
+            tone = "good" if s.chosen_delta >= 0 else "bad"
+            cards.append((f"{s.label}: log p(chosen) vs reference", f"{s.chosen_delta:+.3g} nats", tone))
+    splits = data.dataset.manifest.get("splits") or {}
+    if splits:
+        train, evaluation = (splits.get(k, {}).get("rows", 0) for k in ("train", "eval"))
+        cards.append(("pairs train / eval", f"{train:,} / {evaluation:,}", ""))
+    steps = [s.steps for s in summaries if s.steps]
     if steps:
-        cards.append(("steps", f"{max(steps):,}", ""))
-    return (
-        "<div class='cards'>"
-        + "".join(
-            f"<div class='card'><div class='value {tone}'>{_e(value)}</div><div class='label'>{_e(label)}</div></div>"
-            for label, value, tone in cards
+        cards.append(("steps", " / ".join(f"{n:,}" for n in steps), ""))
+    body = "".join(
+        f"<div class='card'><div class='value {tone}'>{_e(value)}</div><div class='label'>{_e(label)}</div></div>"
+        for label, value, tone in cards
+    )
+    return f"<div class='cards'>{body}</div>"
+
+
+def _final_table(summaries: Sequence[RunSummary]) -> str:
+    def interval(s: RunSummary) -> str:
+        if s.accuracy is None:
+            return "–"
+        bounds = (
+            f" [{s.accuracy_interval[0]:.2f}, {s.accuracy_interval[1]:.2f}]" if s.accuracy_interval else ""
         )
-        + "</div>"
+        return f"<span class='{'bad' if s.at_chance else ''}'>{s.accuracy:.3f}{bounds}</span>"
+
+    def loss(s: RunSummary) -> str:
+        if s.loss_first is None:
+            return "–"
+        return f"{s.loss_first:.3g} → {s.loss_last:.3g} (max {s.loss_max:.3g} at step {s.loss_max_step})"
+
+    rows = [
+        ("Δ log p(chosen) vs reference (nats per answer)", lambda s: _signed(s.chosen_delta)),
+        ("Δ log p(rejected) vs reference (nats per answer)", lambda s: _signed(s.rejected_delta)),
+        ("Δ log p per chosen token, before the first edit", lambda s: _signed(s.pre_edit_delta)),
+        ("Δ log p per chosen token, from the first edit on", lambda s: _signed(s.post_edit_delta)),
+        ("log p per chosen token before the first edit (trainer)", lambda s: _plain(s.pre_edit_logp)),
+        ("log p per chosen token from the first edit on (trainer)", lambda s: _plain(s.post_edit_logp)),
+        ("reward accuracy [95% interval]", interval),
+        ("reward margin", lambda s: _plain(s.margin)),
+        ("eval pairs with log p(chosen) below the reference", lambda s: _plain(s.below_reference, "{:.0%}")),
+        ("DPOP penalty (trainer's last evaluation)", lambda s: _plain(s.penalty)),
+        ("training loss: first → last", loss),
+        ("steps", lambda s: _plain(s.steps, "{:,}")),
+        ("eval numbers from", lambda s: _e(s.source)),
+    ]
+    head = "".join(f"<th>{_e(s.label)}</th>" for s in summaries)
+    body = "".join(
+        f"<tr><th>{_e(name)}</th>" + "".join(f"<td class='num'>{cell(s)}</td>" for s in summaries) + "</tr>"
+        for name, cell in rows
     )
+    return f"<table><tr><th>final value (eval split)</th>{head}</tr>{body}</table>"
 
 
-def _table(rows: list[tuple[str, Any]]) -> str:
-    body = "".join(f"<tr><th>{_e(k)}</th><td class='num'>{_number(v)}</td></tr>" for k, v in rows)
-    return f"<table>{body}</table>"
-
-
-def _metrics_table(metrics: list[dict[str, Any]]) -> str:
-    train, evaluation = last_metrics(metrics, "train"), last_metrics(metrics, "eval")
-    names = [n for n in sorted(set(train) | set(evaluation)) if n not in ("step", "epoch")]
-    if not names:
-        return "<p class='note'>no metrics logged</p>"
-    rows = "".join(
-        f"<tr><td><code>{_e(n)}</code></td><td class='num'>{_number(train.get(n, ''))}</td>"
-        f"<td class='num'>{_number(evaluation.get(n, ''))}</td></tr>"
-        for n in names
+def _group_table(kind: str, rows: Sequence[GroupRow], runs: Sequence[RunData]) -> str:
+    evaluated = [r for r in runs if r.evaluation is not None]
+    if not rows or not evaluated:
+        return ""
+    head = "".join(
+        f"<th>{_e(r.label)}: accuracy</th><th>{_e(r.label)}: Δ log p(chosen)</th>" for r in evaluated
     )
-    return f"<table><tr><th>metric (last value)</th><th>train</th><th>eval</th></tr>{rows}</table>"
+    body = []
+    for row in rows:
+        cells = []
+        for run in evaluated:
+            accuracy, delta = row.values.get(run.run_id, (None, None))
+            cells.append(
+                f"<td class='num'>{_plain(accuracy, '{:.2f}')}</td><td class='num'>{_signed(delta)}</td>"
+            )
+        body.append(f"<tr><td>{_e(row.group)}</td><td class='num'>{row.n:,}</td>{''.join(cells)}</tr>")
+    title = "edit-ratio bucket (quartiles of the eval pairs)" if kind == "edit_bucket" else "source"
+    return f"<h3>Per {title}</h3><table><tr><th>{_e(kind.replace('_', ' '))}</th><th>pairs</th>{head}</tr>{''.join(body)}</table>"
 
 
 def _funnel_table(funnel: list[dict[str, Any]]) -> str:
@@ -119,103 +170,129 @@ def _funnel_table(funnel: list[dict[str, Any]]) -> str:
     return f"<table><tr><th>step</th><th>rows in</th><th>dropped</th><th>reason</th></tr>{rows}</table>"
 
 
-def _lineage(node: dict[str, Any], depth: int = 0) -> str:
-    details = []
-    if node.get("rows") is not None:
-        details.append(f"{node['rows']:,} rows")
-    if node.get("relation"):
-        details.append(f"via <i>{_e(node['relation'])}</i>")
-    if node.get("source_uri"):
-        details.append(f"<code>{_e(node['source_uri'])}</code>")
-    for key in ("rows_read", "rows_kept", "rows_rejected", "train_rows", "eval_rows", "format"):
-        if node.get(key) is not None:
-            details.append(f"{key.replace('_', ' ')} {_number(node[key])}")
-    rejected = {
-        f"{stage}/{reason}": n
-        for stage, reasons in (node.get("rejections") or {}).items()
-        for reason, n in reasons.items()
-    }
-    if rejected:
-        details.append("rejected: " + ", ".join(f"{_e(k)} {n:,}" for k, n in sorted(rejected.items())))
-    if node.get("missing"):
-        details.append("<span class='note'>not in catalog</span>")
-    children = "".join(_lineage(parent, depth + 1) for parent in node.get("parents", []))
-    item = (
-        f"<li><span class='kind'>{_e(node.get('kind') or '?')}</span> <code>{_e(node['id'])}</code> "
-        f"{' · '.join(details)}{f'<ul class=tree>{children}</ul>' if children else ''}</li>"
-    )
-    return f"<ul class='tree'>{item}</ul>" if depth == 0 else item
+def _path_of(value: Any) -> str:
+    return value.get("path", "?") if isinstance(value, dict) else str(value or "?")
 
 
-def _image(images: dict[str, Path | None], key: str, alt: str, missing: str) -> str:
-    path = images.get(key)
-    if path is None:
-        return f"<p class='note'>{_e(missing)}</p>"
-    return f"<img class='plot' id='plot-{key}' src='{_e(path.name)}' alt='{_e(alt)}'>"
-
-
-def render(data: ReportData, images: dict[str, Path | None]) -> str:
-    run = data.run
-    config = run.get("config") or run.get("hyperparameters") or {}
-    model_dir = run.get("model_dir") or str(data.run_dir / "model")
-    about = [
-        ("run", data.run_id),
-        ("dataset version", data.dataset_id or "?"),
-        (
-            "base model",
-            run.get("base_model", "?")
-            if not isinstance(run.get("base_model"), dict)
-            else run["base_model"].get("path", "?"),
-        ),
-        (
-            "reference model",
-            run.get("reference_model", "?")
-            if not isinstance(run.get("reference_model"), dict)
-            else run["reference_model"].get("path", "?"),
-        ),
-        ("model", model_dir),
-        ("code version", run.get("code_version", "?")),
+def _runs_table(runs: Sequence[RunData]) -> str:
+    rows = [
+        ("run", lambda r: f"<code>{_e(r.run_id)}</code>"),
+        ("loss", lambda r: _e(json.dumps(r.loss, sort_keys=True))),
+        ("dataset version", lambda r: _e(r.dataset_id or "?")),
+        ("base model", lambda r: _e(_path_of(r.run.get("base_model")))),
+        ("reference model", lambda r: _e(_path_of(r.run.get("reference_model")))),
+        ("model", lambda r: _e(r.run.get("model_dir") or r.run_dir / "model")),
+        ("evaluation", lambda r: _e(r.evaluation.eval_id if r.evaluation else "none")),
+        ("code version", lambda r: _e(r.run.get("code_version", "?"))),
     ]
-    config_rows = (
-        [
-            (k, v if isinstance(v, int | float | str) else json.dumps(v))
-            for k, v in sorted(config.items())
-            if v is not None
-        ]
-        if isinstance(config, dict)
-        else []
+    head = "".join(f"<th>{_e(r.label)}</th>" for r in runs)
+    body = "".join(
+        f"<tr><th>{_e(name)}</th>" + "".join(f"<td>{cell(r)}</td>" for r in runs) + "</tr>"
+        for name, cell in rows
     )
-    notes = "".join(f"<p class='note'>{_e(n)}</p>" for n in data.notes)
+    return f"<table><tr><th></th>{head}</tr>{body}</table>"
+
+
+def _config_table(runs: Sequence[RunData]) -> str:
+    """Every config key with each run's value; keys whose values differ between runs first, marked."""
+    configs = [r.config for r in runs]
+    keys = sorted({k for c in configs for k, v in c.items() if v is not None})
+    if not keys:
+        return ""
+
+    def cell(value: Any) -> str:
+        return (
+            _number(value)
+            if isinstance(value, bool | int | float | str) or value is None
+            else _e(json.dumps(value))
+        )
+
+    differs = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+    ordered = differs + [k for k in keys if k not in differs]
+    body = "".join(
+        f"<tr class='{'differs' if k in differs else ''}'><th>{_e(k)}</th>"
+        + "".join(f"<td class='num'>{cell(c.get(k))}</td>" for c in configs)
+        + "</tr>"
+        for k in ordered
+    )
+    head = "".join(f"<th>{_e(r.label)}</th>" for r in runs)
+    return f"<h2>Configuration</h2><table><tr><th>key</th>{head}</tr>{body}</table>"
+
+
+def _title(data: ReportData) -> tuple[str, str]:
+    runs = data.runs
+    if len(runs) == 1:
+        return f"dpop report · {runs[0].label}", f"run {runs[0].run_id}"
+    return (
+        f"dpop report · {' vs '.join(r.label for r in runs)}",
+        f"comparison {data.comparison_id} of runs " + ", ".join(r.run_id for r in runs),
+    )
+
+
+def render(
+    data: ReportData,
+    summaries: Sequence[RunSummary],
+    text: dict[str, list[Sentence]],
+    groups: dict[str, list[GroupRow]],
+    images: dict[str, Path | None],
+    lineage_svg: str,
+    inspector: tuple[str, str],
+) -> str:
+    """The page. `text`: headline, warnings and per-run sentences (`pipeline.report.text`); `inspector`:
+    (file name, one line on what it holds)."""
+    title, subtitle = _title(data)
+    dataset = data.dataset
+    config = data.run.config
+    notes = "".join(
+        f"<p class='note'>{_e(n)}</p>"
+        for n in [*data.notes, *dataset.notes, *(n for r in data.runs for n in r.notes)]
+    )
     lineage = (
-        _lineage(data.lineage) if data.lineage else "<p class='note'>no lineage recorded in the catalog</p>"
+        f"<div class='lineage-wrap'>{lineage_svg}</div>"
+        if lineage_svg
+        else "<p class='note'>no lineage recorded in the catalog</p>"
     )
+    group_tables = "".join(_group_table(kind, rows, data.runs) for kind, rows in groups.items())
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>dpop report · {_e(data.run_id)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
 <body>
-<header><h1>dpop run {_e(data.run_id)}</h1>
-<p>dataset {_e(data.dataset_id or "?")} · loss {_e(config.get("loss", run.get("loss", "dpop")) if isinstance(config, dict) else "dpop")}
- · β {_e(config.get("beta", "?") if isinstance(config, dict) else "?")} · λ {_e(config.get("penalty_lambda", config.get("lambda", "?")) if isinstance(config, dict) else "?")}</p></header>
+<header><h1>{_e(title)}</h1>
+<p>{_e(subtitle)} · dataset {_e(dataset.dataset_id or "?")} · β {_e(config.get("beta", "?"))}</p></header>
 <main>
-{_cards(data)}
+{_cards(data, summaries)}
 {notes}
-<section id="training"><h2>Training and evaluation</h2>
-<p>DPOP keeps <code>logps/chosen</code> at or above the reference (the dashed zero line) while the reward margin and accuracy rise;
-plain DPO on low-edit pairs lets it fall, mostly on the tokens after the first edit (<code>logps/chosen_post_edit</code>).</p>
-{_image(images, "training", "training and evaluation curves", "no metrics logged yet")}
-{_metrics_table(data.metrics)}</section>
+<section id="findings"><h2>What the runs show</h2>
+{_sentences(text["headline"], "findings")}
+{_sentences(text["warnings"], "warnings")}
+{_image(images, "headline", "log p(chosen) against the reference, per run", "no log-probs logged yet")}
+</section>
+<section id="training"><h2>Over training</h2>
+{_sentences(text["story"], "findings")}
+{_image(images, "training", "training and evaluation curves per run", "no metrics logged yet")}
+</section>
+<section id="final"><h2>Final values on the eval split</h2>
+{_final_table(summaries)}</section>
+<section id="groups"><h2>Per source and per edit-ratio bucket</h2>
+<p class="muted">Which of your sources, and which edit ratios, lose log p(chosen) and which are ranked right: from each run's
+evaluation on the eval pairs (buckets are quartiles of the eval pairs' edit ratios).</p>
+{_image(images, "groups", "accuracy and log p(chosen) change per source and edit bucket", "no evaluation with per-source and per-bucket metrics for these runs")}
+{group_tables}</section>
+<section id="inspector"><h2>Pair inspector</h2>
+<p>{_e(inspector[1])}</p>
+<p><a class="button" href="{_e(inspector[0])}">open the pair inspector</a></p></section>
 <section id="funnel"><h2>Curation funnel</h2>
 {_image(images, "funnel", "curation funnel", "the dataset manifest has no funnel")}
-{_funnel_table(data.funnel) if data.funnel else ""}</section>
+{_funnel_table(dataset.funnel) if dataset.funnel else ""}</section>
 <section id="edit-ratio"><h2>Edit ratio per source</h2>
-<p>Low edit ratios (chosen and rejected differ by a few characters) are where DPO fails and DPOP helps.</p>
+<p class="muted">Low edit ratios (chosen and rejected differ by a few characters) are where DPO can lower the likelihood of the chosen answer.</p>
 {_image(images, "edit_ratio", "edit ratio histograms per source", "no scored pairs found for this dataset")}</section>
 <section id="lengths"><h2>Token lengths</h2>
 {_image(images, "token_lengths", "token length distributions", "no shards found for this dataset")}</section>
 <section id="lineage"><h2>Lineage</h2>
-<p>From this run back to the source files it was trained on (catalog edges, with rows and rejections per stage).</p>
+<p class="muted">Every artefact behind {"these runs" if len(data.runs) > 1 else "this run"} once, from the source files (left) to the runs (right); arrows are catalog edges, labelled with their relation.</p>
 {lineage}</section>
-<section id="about"><h2>Run</h2>{_table(about)}
-{("<h2>Configuration</h2>" + _table(config_rows)) if config_rows else ""}</section>
+<section id="about"><h2>Runs</h2>{_runs_table(data.runs)}
+{_config_table(data.runs)}</section>
 </main></body></html>
 """
