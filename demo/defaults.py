@@ -63,6 +63,12 @@ curation:
   shards:
     rows_per_shard: 50000
 
+# Losses compared from the same reference, seed and batch order: one training run per item (dpop:50 is
+# DPOP with λ = 50, dpo plain DPO; also ipo, robust, hinge), reported side by side. One item trains one
+# run. Left out, with training.loss or training.penalty_lambda set below, that one loss is trained.
+# --losses on the command line overrides it.
+losses: [dpop:50, dpo]
+
 # Preference training (dpop.config.TrainConfig, a transformers.TrainingArguments: any of its fields is
 # a key here too). loss: dpop | dpo | ipo | robust | hinge; penalty_lambda 0 makes DPOP plain DPO.
 training:
@@ -82,7 +88,7 @@ training:
   seed: 0
 """
 
-SECTIONS = ("seed", "synth", "tiny_model", "sft", "curation", "training")
+SECTIONS = ("seed", "synth", "tiny_model", "sft", "curation", "losses", "training")
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,7 @@ class RunSettings:
     curation: Any  # pipeline.curate.config.CurationConfig
     training: dict[str, Any]
     sft_explicit: bool = False  # sft.steps set by the user (file or flag), not the demo default
+    losses: tuple[str, ...] = ("dpop:50", "dpo")  # one run per loss (see `compared_losses`)
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -148,6 +155,15 @@ def run_config_class() -> type:
             ("tiny_model", TinyModel, field(default_factory=TinyModel)),
             ("sft", SFTSettings, field(default_factory=SFTSettings)),
             ("curation", CurationConfig, field(default_factory=CurationConfig)),
+            (
+                "losses",
+                list[str],
+                setting(
+                    default_factory=lambda: ["dpop:50", "dpo"],
+                    nonempty=True,
+                    help="one run per loss, e.g. dpop:50, dpo",
+                ),
+            ),
             ("training", TrainConfig, field(default_factory=TrainConfig)),
         ],
         frozen=True,
@@ -192,7 +208,21 @@ def load_run_config(
         curation=resolve_eval_file(config.curation, folder),
         training=config.training.as_dict(),
         sft_explicit=sft_steps is not None or (isinstance(user_sft, dict) and "steps" in user_sft),
+        losses=tuple(compared_losses(user, config.losses) or ()),
     )
+
+
+def compared_losses(user: Any, losses: Any) -> list[str] | None:
+    """The losses `dpop run` trains: the file's `losses`, else the defaults' (DPOP λ=50 against DPO),
+    unless the file chooses one loss in its training section (training.loss or .penalty_lambda) without
+    a `losses` list: then None, one run of that loss. `--losses` overrides all of it."""
+    user = user if isinstance(user, dict) else {}
+    training = user.get("training") if isinstance(user.get("training"), dict) else {}
+    if user.get("losses") is None and {"loss", "penalty_lambda"} & set(training):
+        return None
+    if isinstance(losses, str):  # "dpop:50,dpo", as --losses takes it
+        losses = losses.split(",")
+    return [str(loss).strip() for loss in losses or [] if str(loss).strip()] or None
 
 
 def _apply_flags(values: dict[str, Any], n: Any, steps: Any, sft_steps: Any, seed: Any) -> None:

@@ -32,8 +32,14 @@ def test_dpop_run_default_to_a_report_then_up_to_date(tmp_path: Path) -> None:
     first = _dpop(args, cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     ws = Workspace.open(tmp_path / "ws")
-    [run_dir] = list(ws.runs_dir.iterdir())
+    # the default compares DPOP (λ = 50) with DPO: two runs from one reference, one comparison
+    chain = json.loads((next(ws.runs_dir.iterdir()) / "chain.json").read_text())
+    assert len(chain["runs"]) == 2 and chain["comparison_id"]
+    dpo = json.loads((ws.run_dir(chain["runs"][1]) / "run.json").read_text())
+    assert dpo["loss"]["name"] == "dpo" and (ws.run_dir(chain["runs"][1]) / "report" / "index.html").is_file()
+    run_dir = ws.run_dir(chain["runs"][0])
     run = json.loads((run_dir / "run.json").read_text())
+    assert dpo["base_model"] == run["base_model"] and dpo["dataset_id"] == run["dataset_id"]
 
     # the reference policy is the SFT warm-up of the tiny model, and the run trained from it with DPOP
     [sft_dir] = list(ws.models_dir.glob("sft-*"))
@@ -65,7 +71,7 @@ def test_dpop_run_default_to_a_report_then_up_to_date(tmp_path: Path) -> None:
     second = _dpop(args, cwd=tmp_path)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "reference policy" in second.stdout
-    assert len(list(ws.models_dir.glob("sft-*"))) == 1 and len(list(ws.runs_dir.iterdir())) == 1
+    assert len(list(ws.models_dir.glob("sft-*"))) == 1 and len(list(ws.runs_dir.iterdir())) == 2
     assert "every stage up to date" in second.stdout or "Prefect flow, up to date" in second.stdout
 
 

@@ -70,7 +70,7 @@ def chain_spec(
     """The ChainSpec of the command line, every path checked first (naming its flag); configs are the
     raw dpop.yaml sections with the `flags` (n, steps, sft_steps, seed) applied: no torch here,
     `validate` checks them before any work."""
-    from demo.defaults import DEFAULT_CONFIG_YAML, _apply_flags, _merge
+    from demo.defaults import DEFAULT_CONFIG_YAML, _apply_flags, _merge, compared_losses
     from flows.chain import ChainSpec, with_losses
     from pipeline.config import parse_yaml, read_yaml
     from pipeline.curate.config import load_curation_config
@@ -88,6 +88,9 @@ def chain_spec(
         values = _merge(values, {k: v for k, v in user.items() if v is not None})
         _apply_flags(values, **flags)
         curation = load_curation_config(values["curation"], base=config.resolve().parent if config else None)
+        if losses is None:  # the file's (or the defaults') comparison, unless it chose one loss
+            losses = ",".join(compared_losses(user, values.get("losses")) or []) or None
+        training = with_losses(values["training"], losses) if losses else (values["training"],)
     except (AttributeError, TypeError, ValueError):
         validate(config, flags, ())  # the loader's message, naming the file and the key
         raise
@@ -95,7 +98,6 @@ def chain_spec(
     if model is not None and "steps" not in (user.get("sft") or {}) and flags["sft_steps"] is None:
         sft["steps"] = 0  # the demo's warm-up would damage a real model: it is its own reference
     _check_eval_file(curation)
-    training = with_losses(values["training"], losses) if losses else (values["training"],)
     return ChainSpec(
         sources, values["synth"]["n"], values["seed"], None, {}, str(model) if model else None,
         values["tiny_model"], curation.as_dict(), sft, training, warm_start,

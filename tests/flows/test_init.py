@@ -18,11 +18,20 @@ def test_init_writes_a_commented_config_that_loads(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     text = path.read_text()
     assert text == DEFAULT_CONFIG_YAML and text.count("#") >= 20
-    assert set(yaml.safe_load(text)) == {"seed", "synth", "tiny_model", "sft", "curation", "training"}
+    assert set(yaml.safe_load(text)) == {
+        "seed",
+        "synth",
+        "tiny_model",
+        "sft",
+        "curation",
+        "losses",
+        "training",
+    }
     settings = load_run_config(path)
     assert settings.sft_explicit and not load_run_config(None).sft_explicit  # the file names sft.steps
     assert dataclasses.replace(settings, sft_explicit=False) == load_run_config(None)
     assert settings.training["loss"] == "dpop" and settings.curation.split.eval_fraction == 0.1
+    assert settings.losses == ("dpop:50", "dpo")  # `dpop run` compares DPOP with DPO by default
 
     again = CliRunner().invoke(app, ["init", str(path)])
     assert again.exit_code == 1 and "--force" in again.output
