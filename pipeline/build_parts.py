@@ -20,9 +20,9 @@ Phase 1 reads its rows `batch_rows` at a time (memory); phase 2 always works in 
 `SHARD_BATCH_ROWS` staged rows, so the files a build writes do not depend on `batch_rows`.
 Intermediate files are uncompressed Arrow IPC: they are written and read once, on the same disk.
 
-Both phases are pipelined on two threads, because the heavy kernels release the GIL while the rest is
-Python: phase 1 scores batch k+1 (rapidfuzz, Polars, Arrow) on a worker thread while this thread
-filters, keys and writes batch k; phase 2 queues batch k+1 on the tokenizer's encoder thread (Rust, every
+Both phases are pipelined, because the heavy kernels release the GIL while the rest is Python:
+phase 1 scores batch k+1 (rapidfuzz, Polars, Arrow) on a worker thread while this thread filters,
+keys and writes batch k; phase 2 queues batch k+1 on the tokenizer's encoder threads (Rust, every
 core) while this thread finishes and writes batch k. Results are consumed in order, so the bytes are
 those of a serial run.
 
@@ -417,7 +417,7 @@ class _ShardState:
 def shard_part(task: PartTask) -> ShardResult:
     """Drop global rejects, split, tokenise and write one partition's kept pairs, rejections and shards.
 
-    Batch k+1 is queued on the encoder thread before batch k is finished and written, so the Rust
+    Batch k+1 is queued on the encoder threads before batch k is finished and written, so the Rust
     encoder runs while this thread renders, filters and writes."""
     settings = task.settings
     state = _ShardState(task, part_tokenizer(settings), {}, [], {split: 0 for split in SPLITS})

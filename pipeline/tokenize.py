@@ -21,11 +21,12 @@ Truncation rule ("keep_prompt_end_reject_long_response"): the prompt keeps its L
 plus chosen or prompt plus rejected exceeds `max_length` is rejected as `too_long` (stage tokenize),
 never cut, because a cut response is a different response.
 
-Texts go through the Rust tokenizer in batches on a background thread (`PairTokenizer.start` returns
-at once; `finish` waits), so a caller renders, filters and writes one batch while the next is encoded:
-the encoder releases the GIL. Ids never become Python lists of lists: each chunk's encodings are read
-into one flat int32 array, and truncation, EOS and the common prefix are numpy operations over flat
-token arrays and offsets.
+Texts go through the Rust tokenizer in calls of 1,024 on two background threads (`PairTokenizer.start`
+returns at once; `finish` waits), so a caller renders, filters and writes one batch while the next is
+encoded: the encoder releases the GIL, and while one thread copies a call's ids out the other's call
+keeps every core encoding. Ids never become Python lists of lists: each call's encodings are read into
+one flat int32 array, and truncation, EOS and the common prefix are numpy operations over flat token
+arrays and offsets.
 """
 
 from __future__ import annotations
@@ -149,24 +150,30 @@ class FastTokenizer:
         return texts
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Flat int32 ids and int64 offsets of `texts`, without special tokens. Holds the GIL only to
-        copy ids out (the Rust encoder releases it), so it can run on a thread beside other work."""
-        pieces, lengths = [], []
-        for start in range(0, len(texts), _TOKENIZE_CHUNK):
-            encodings = self.backend.encode_batch_fast(
-                list(texts[start : start + _TOKENIZE_CHUNK]), add_special_tokens=False
-            )
-            counts = np.fromiter(map(len, encodings), np.int64, len(encodings))
-            # one flat int32 array straight from the encodings: no list per text, no Arrow conversion
-            # of nested lists (that was ~70% of the cost of reading ids out)
-            ids = chain.from_iterable(e.ids for e in encodings)
-            pieces.append(np.fromiter(ids, np.int32, int(counts.sum())))
-            lengths.append(counts)
-        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-        if lengths:
-            np.cumsum(np.concatenate(lengths), out=offsets[1:])
-        values = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
-        return values, offsets
+        """Flat int32 ids and int64 offsets of `texts`, without special tokens."""
+        chunks = [
+            self.encode_chunk(texts[i : i + _TOKENIZE_CHUNK]) for i in range(0, len(texts), _TOKENIZE_CHUNK)
+        ]
+        return _joined(chunks, len(texts))
+
+    def encode_chunk(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(flat int32 ids, int64 length per text) of one call to the Rust encoder. Holds the GIL only
+        to copy the ids out (the encoder releases it), so it can run on a thread beside other work."""
+        encodings = self.backend.encode_batch_fast(list(texts), add_special_tokens=False)
+        lengths = np.fromiter(map(len, encodings), np.int64, len(encodings))
+        # one flat int32 array straight from the encodings: no list per text, no Arrow conversion of
+        # nested lists (that was ~70% of the cost of reading ids out)
+        ids = chain.from_iterable(e.ids for e in encodings)
+        return np.fromiter(ids, np.int32, int(lengths.sum())), lengths
+
+
+def _joined(chunks: Sequence[tuple[np.ndarray, np.ndarray]], rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Chunks of (ids, lengths) as one flat list array (values, offsets)."""
+    offsets = np.zeros(rows + 1, dtype=np.int64)
+    if chunks:
+        np.cumsum(np.concatenate([lengths for _, lengths in chunks]), out=offsets[1:])
+    values = np.concatenate([ids for ids, _ in chunks]) if chunks else np.zeros(0, np.int32)
+    return values, offsets
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -371,16 +378,16 @@ class Tokenised:
 @dataclass
 class PendingTokens:
     """A batch whose distinct texts are being encoded (`PairTokenizer.start`): per column, the
-    future flat ids of its distinct texts and each row's index into them."""
+    futures of its distinct texts' ids (a chunk each) and each row's index into them."""
 
     rows: int
-    futures: dict[str, Future]
+    futures: dict[str, list[Future]]
     indices: dict[str, np.ndarray]
 
 
 class PairTokenizer:
     """A local tokenizer plus the length limits; `encode(frame)` tokenises a batch of pairs,
-    `start(frame)` / `finish(pending)` the same in two steps, the encoding on a background thread."""
+    `start(frame)` / `finish(pending)` the same in two steps, the encoding on background threads."""
 
     def __init__(self, path: str | os.PathLike[str], max_length: int, max_prompt_length: int):
         self.path = Path(path)
@@ -392,8 +399,9 @@ class PairTokenizer:
             raise ValueError(f"tokenizer {self.path} has no eos_token: responses need an end token")
         self.max_length, self.max_prompt_length = max_length, max_prompt_length
         self.chat_template = self.tokenizer.chat_template
-        # one encoder thread per tokenizer: batches queue in order, the Rust encoder uses every core
-        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpop-tokenize")
+        # Two encoder threads, fed chunk by chunk in order: while one copies a chunk's ids out (holding
+        # the GIL), the other's chunk keeps the Rust encoder (every core) busy.
+        self._encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dpop-tokenize")
 
     def info(self) -> dict[str, Any]:
         """What the manifest records about the tokenizer (hashes make the dataset id change with it)."""
@@ -424,7 +432,7 @@ class PairTokenizer:
         return self.finish(self.start(frame))
 
     def start(self, frame: pl.DataFrame) -> PendingTokens:
-        """Render the prompts and queue the batch's distinct texts on the encoder thread; returns at
+        """Render the prompts and queue the batch's distinct texts on the encoder threads; returns at
         once. Each distinct text of the batch is encoded once (real data repeats prompts and chosen
         answers across pairs)."""
         columns = {
@@ -436,14 +444,20 @@ class PairTokenizer:
         for name, texts in columns.items():
             encoded = pc.dictionary_encode(_as_array(texts))
             indices[name] = encoded.indices.to_numpy(zero_copy_only=False)
-            futures[name] = self._encoder.submit(self.tokenizer.encode, encoded.dictionary.to_pylist())
+            unique = encoded.dictionary.to_pylist()
+            futures[name] = [
+                self._encoder.submit(self.tokenizer.encode_chunk, unique[first : first + _TOKENIZE_CHUNK])
+                for first in range(0, len(unique), _TOKENIZE_CHUNK)
+            ]
         return PendingTokens(frame.height, futures, indices)
 
     def finish(self, pending: PendingTokens) -> Tokenised:
         """Wait for a started batch; truncate prompts, append EOS, measure lengths and common prefixes."""
-        ids = {
-            name: _take(*future.result(), pending.indices[name]) for name, future in pending.futures.items()
-        }
+        ids = {}
+        for name, chunks in pending.futures.items():
+            parts = [chunk.result() for chunk in chunks]
+            distinct = _joined(parts, sum(len(lengths) for _, lengths in parts))
+            ids[name] = _take(*distinct, pending.indices[name])
         prompt_values, prompt_offsets = _keep_end(*ids["prompt"], self.max_prompt_length)
         chosen_values, chosen_offsets = _append(*ids["chosen"], self.eos_token_id)
         rejected_values, rejected_offsets = _append(*ids["rejected"], self.eos_token_id)

@@ -299,7 +299,7 @@ def test_repeated_prompts_and_responses_tokenise_once_with_same_result(tok_path:
 
 
 def test_started_batches_finish_in_any_order_with_the_same_ids(tok_path: Path) -> None:
-    """`start` queues a batch on the encoder thread; batches started together give the ids each gives
+    """`start` queues a batch on the encoder threads; batches started together give the ids each gives
     alone, whichever is finished first."""
     pairs = PairTokenizer(tok_path, max_length=256, max_prompt_length=128)
     first = frame([(f"What is {i} + {i}?", f"It is {2 * i}.", f"It is {2 * i + 1}.") for i in range(50)])
