@@ -38,7 +38,7 @@ from dpop.data import LengthGroupedSampler, ShardDataset
 from dpop.logps import PairCollator, has_local_attention, pair_logps, post_edit_stats, resolve_packing
 from dpop.losses import LOSSES, dpop_penalty
 
-# Order of the packed per-step sums; metrics are sum / pairs except the post-edit one (per token).
+# Order of the packed per-step sums; metrics are sum / pairs except the pre- and post-edit ones (per token).
 _SUMS = (
     "pairs",
     "rewards/chosen",
@@ -51,9 +51,11 @@ _SUMS = (
     "ref_logps/rejected",
     "dpop/penalty",
     "dpop/penalty_active",
+    "pre_edit_sum",
+    "pre_edit_tokens",
     "post_edit_sum",
     "post_edit_tokens",
-    "weights",
+    "weights",  # last: `_accumulate` returns it (the weighted loss divides by it)
 )
 
 
@@ -231,6 +233,7 @@ class DPOPTrainer(Trainer):
         chosen_log_ratio = policy.chosen.detach() - ref_chosen
         penalty_lambda = self.loss_kwargs.get("penalty_lambda", 0.0)
         post_sum, post_tokens = post_edit_stats(policy.per_token, inputs["chosen_post_edit"])
+        pre_sum, pre_tokens = post_edit_stats(policy.per_token, chosen_pre_edit(inputs, len(chosen_rewards)))
         values = [
             torch.tensor(float(len(chosen_rewards)), device=chosen_rewards.device),
             chosen_rewards.sum(),
@@ -243,6 +246,8 @@ class DPOPTrainer(Trainer):
             ref_rejected.sum(),
             dpop_penalty(chosen_log_ratio, penalty_lambda).sum(),
             (chosen_log_ratio < 0).float().sum(),
+            pre_sum,
+            pre_tokens,
             post_sum,
             post_tokens,
             weights.sum() if weights is not None else values_count(chosen_rewards),
@@ -263,11 +268,14 @@ class DPOPTrainer(Trainer):
             return {}
         named = dict(zip(_SUMS, sums.tolist(), strict=True))
         pairs = named.pop("pairs")
+        pre_sum, pre_tokens = named.pop("pre_edit_sum"), named.pop("pre_edit_tokens")
         post_sum, post_tokens = named.pop("post_edit_sum"), named.pop("post_edit_tokens")
         weights = named.pop("weights")
         metrics = {key: value / pairs for key, value in named.items()}
         if self._weighted and mode == "train":
             metrics["weights/mean"] = weights / pairs
+        if pre_tokens:
+            metrics["logps/chosen_pre_edit"] = pre_sum / pre_tokens
         if post_tokens:
             metrics["logps/chosen_post_edit"] = post_sum / post_tokens
         return metrics
@@ -289,6 +297,12 @@ def weighted_loss(
     the global weighted mean. Σ w = 0 gives a zero loss (and zero gradients), not NaN."""
     scale = processes / global_weight_sum.clamp_min(torch.finfo(torch.float32).tiny)
     return (losses * weights.to(losses.dtype)).sum() * scale.to(losses.dtype)
+
+
+def chosen_pre_edit(inputs: Mapping[str, torch.Tensor], pairs: int) -> torch.Tensor:
+    """Flags over the scored tokens: chosen tokens before the first edit (the collator flags those from
+    `common_prefix_len` on as `chosen_post_edit`; chosen sequences are the first `pairs` of 2·pairs)."""
+    return (inputs["score_sequence"] < pairs) & ~inputs["chosen_post_edit"]
 
 
 def values_count(values: torch.Tensor) -> torch.Tensor:
