@@ -5,6 +5,7 @@
 <root>/datasets/<dataset_id>/   manifest.json, pairs.parquet, rejections.parquet, {train,eval}-NNNNN.arrow
 <root>/models/<name>/           base / reference models made here (tiny demo model, SFT warm-up)
 <root>/runs/<run_id>/           training runs: model/, checkpoints, metrics.jsonl, run.json
+<root>/evals/<eval_id>/         preference evaluations of a model against its reference: pairs.parquet, metrics.parquet
 <root>/lineage/events.jsonl     OpenLineage run events
 <root>/cache/                   Prefect task results (kept inside the workspace)
 """
@@ -59,6 +60,13 @@ class Workspace:
 
     def run_dir(self, run_id: str) -> Path:
         return self.runs_dir / run_id
+
+    @property
+    def evals_dir(self) -> Path:
+        return self.root / "evals"
+
+    def eval_dir(self, eval_id: str) -> Path:
+        return self.evals_dir / eval_id
 
     @property
     def lineage_events_path(self) -> Path:

@@ -1,0 +1,154 @@
+"""`dpop eval`: a model against its reference on a dataset's eval split (`dpop.evaluate`), as a table
+overall, per edit-ratio quartile and per source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from flows.commands._common import WorkspaceOption, clean_errors, console
+
+# (metric, column title, format) of the printed table
+COLUMNS = (
+    ("rewards/accuracies", "reward acc", "{:.2f}"),
+    ("rewards/margins", "margin", "{:+.3f}"),
+    ("logps/chosen_delta", "Δ logp chosen", "{:+.2f}"),
+    ("logps/rejected_delta", "Δ logp rejected", "{:+.2f}"),
+    ("logps/chosen_pre_edit_delta", "Δ/token before edit", "{:+.3f}"),
+    ("logps/chosen_post_edit_delta", "Δ/token after edit", "{:+.3f}"),
+    ("dpop/penalty_active", "chosen below ref", "{:.2f}"),
+)
+
+
+def eval_command(
+    workspace: WorkspaceOption = None,
+    model: Annotated[
+        Path,
+        typer.Option(
+            "--model", "-m", help="The model to evaluate (a folder: a run's model/, any checkpoint)."
+        ),
+    ] = ...,
+    dataset: Annotated[
+        str, typer.Option("--dataset", "-d", help="Dataset version id whose split is evaluated.")
+    ] = ...,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference",
+            "-r",
+            help="Reference model (default: the one MODEL was trained against, else the one the dataset "
+            "stores log-probs of).",
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="The split to evaluate.")] = "eval",
+    beta: Annotated[
+        float | None, typer.Option("--beta", help="β of the implicit reward (default: the run's, else 0.1).")
+    ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option("--dtype", help="float32 | bfloat16 | float16 (default: the run's training precision)."),
+    ] = None,
+    autocast: Annotated[
+        str | None, typer.Option("--autocast", help="none | bfloat16 | float16 (default: the run's).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Pairs per forward pass (default 64).")
+    ] = None,
+) -> None:
+    """Log-probs of MODEL and its reference on every pair of the split; print reward accuracy, margin,
+    the change of log p(chosen) and of each chosen token before and after the first edit, overall, per
+    edit-ratio quartile and per source; the eval id last (files: <workspace>/evals/<eval id>/)."""
+    with clean_errors():
+        from dpop.evaluate import evaluate, read_metrics
+        from flows.commands._workspace import writable_workspace
+
+        ws = writable_workspace(workspace)
+        run = _training_run(model)
+        reference_path = reference or _default_reference(ws, run, dataset, model)
+        record = evaluate(
+            ws,
+            model,
+            reference_path,
+            dataset,
+            split,
+            _beta(beta, run),
+            _precision(dtype, autocast, run),
+            batch_size,
+        )
+        _print_table(record, read_metrics(ws, record).to_pylist())
+        console.print(record.id, highlight=False, markup=False)
+
+
+def _training_run(model: Path) -> Any:
+    """The record of the training run that made `model` (a run's model/ folder), else None."""
+    from dpop.model_io import model_artifact
+    from pipeline.stage import read_record
+
+    if model_artifact(model).meta.get("made_by") != "train":
+        return None
+    return read_record(model.expanduser().resolve().parent)
+
+
+def _default_reference(ws: Any, run: Any, dataset: str, model: Path) -> Path:
+    """The reference MODEL was trained against, else the model whose log-probs the dataset stores."""
+    from pipeline.shards import load_manifest
+
+    candidates = [i.artifact.path for i in (run.inputs if run else ()) if i.relation == "reference_model"]
+    candidates.append((load_manifest(ws, dataset).get("reference_model") or {}).get("path"))
+    for path in candidates:
+        if path and Path(path).is_dir():
+            return Path(path)
+    raise ValueError(
+        f"no reference for {model}: it is not a training run's model and dataset {dataset} stores no "
+        "reference log-probs; give one with --reference"
+    )
+
+
+def _beta(beta: float | None, run: Any) -> float:
+    if beta is not None:
+        return beta
+    return float((run.config if run else {}).get("beta", 0.1))
+
+
+def _precision(dtype: str | None, autocast: str | None, run: Any) -> Any:
+    from dpop.model_io import Precision, precision_for_training
+
+    trained = precision_for_training(run.config) if run else Precision()
+    return Precision(
+        dtype or trained.weights,
+        trained.autocast if autocast is None else (None if autocast == "none" else autocast),
+    )
+
+
+def _print_table(record: Any, rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    summary = record.summary
+    heading = (
+        f"{summary['model']} vs {summary['reference']} on {summary['dataset_id']} ({summary['split']}), "
+        f"β {summary['beta']:g}, {summary['dtype']}" + (" (reused)" if record.reused else "")
+    )
+    table = Table(title=heading)
+    for name in ("group", "pairs", *(column for _, column, _ in COLUMNS)):
+        table.add_column(name, justify="left" if name == "group" else "right")
+    values = {(r["group_kind"], r["group"], r["metric"]): r for r in rows}
+    groups = list(dict.fromkeys((r["group_kind"], r["group"]) for r in rows))
+    sources = [g for g in groups if g[0] == "source"]
+    for kind, group in groups:
+        if kind == "source" and len(sources) < 2:  # one source is the overall row again
+            continue
+        label = group if kind != "source" else f"source {group}"
+        pairs = values[(kind, group, "rewards/accuracies")]["n"]
+        cells = [_cell(values.get((kind, group, metric)), spec) for metric, _, spec in COLUMNS]
+        table.add_row(label, str(pairs), *cells)
+    console.print(table)
+
+
+def _cell(row: dict[str, Any] | None, spec: str) -> str:
+    return "" if row is None or row["value"] is None else spec.format(row["value"])
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)
