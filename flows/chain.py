@@ -4,6 +4,7 @@ runs it as a Prefect flow, `dpop run --engine direct` inline, `dpop run` first t
 
     ingest (one stage per file) -> tiny model (demo only) -> build -> SFT (optional)
         -> log-probs (reference, in the policy's precision) -> train (one stage per training config)
+        -> eval (each trained model against the reference on the eval split, when it has pairs)
 
 `ChainSpec` says what to run and travels as JSON (a deployment's parameters); `data_to_model` returns
 the records (`ChainResult`). Reuse is the runner's alone (`pipeline.stage.run_stage`); this module only
@@ -105,7 +106,8 @@ def with_losses(training: Mapping[str, Any], losses: str) -> tuple[dict[str, Any
 
 @dataclass(frozen=True)
 class ChainResult:
-    """The records of one chain run (`reference`: the SFT's; None when the base model is the reference)."""
+    """The records of one chain run (`reference`: the SFT's; None when the base model is the reference;
+    `evals`: one per run, in the order of `runs`, None where the eval split is empty)."""
 
     ws: Workspace
     spec: ChainSpec
@@ -116,10 +118,11 @@ class ChainResult:
     logps: tuple[StageRecord, ...]
     runs: tuple[StageRecord, ...]
     reference_model: str
+    evals: tuple[StageRecord | None, ...] = ()
 
     @property
     def status(self) -> str:
-        records = [*self.ingests, self.tiny, self.build, self.reference, *self.logps, *self.runs]
+        records = [*self.ingests, self.tiny, self.build, self.reference, *self.logps, *self.runs, *self.evals]
         return UP_TO_DATE if all(r.reused for r in records if r is not None) else TRAINED
 
     @property
@@ -151,7 +154,13 @@ def data_to_model(ws: Workspace, spec: ChainSpec, executor: Executor) -> ChainRe
     reference_id, reference_path = _model(ws, reference, base)
     trained = [run.train(build.id, (reference_id, reference_path), training) for training in spec.training]
     logps, runs = tuple(t[0] for t in trained), tuple(t[1] for t in trained)
-    result = ChainResult(ws, spec, tuple(ingests), tiny, build, reference, logps, runs, reference_path)
+    evals = tuple(
+        run.evaluate(lp.id, r, (reference_id, reference_path), training)
+        if build.counts.get("eval_rows")
+        else None
+        for lp, r, training in zip(logps, runs, spec.training, strict=True)
+    )
+    result = ChainResult(ws, spec, tuple(ingests), tiny, build, reference, logps, runs, reference_path, evals)
     if not isinstance(executor, ProbeExecutor):
         _note_runs(result)
     return result
@@ -173,12 +182,14 @@ class _Steps:
     spec: ChainSpec
     executor: Executor
 
-    def __call__(self, stage: str, key: Any, arguments: Callable[[], tuple]) -> StageRecord:
-        """Run the stage `stage` ("module:Class") builds from `arguments()`. Its id is remembered under
-        (stage, key, code, host): the key holds content ids and raw configs; the code is the source of
-        every package a stage id depends on (`_code`); the host because a config's meaning can depend on
-        the machine (bf16 where it has none). So the probe finds the record without building the stage
-        (most stage modules import torch)."""
+    def __call__(
+        self, stage: str, key: Any, arguments: Callable[[], tuple], keywords: Callable[[], dict] = dict
+    ) -> StageRecord:
+        """Run the stage `stage` ("module:Class") builds from `arguments()` and `keywords()`. Its id is
+        remembered under (stage, key, code, host): the key holds content ids and raw configs; the code is
+        the source of every package a stage id depends on (`_code`); the host because a config's meaning
+        can depend on the machine (bf16 where it has none). So the probe finds the record without
+        building the stage (most stage modules import torch)."""
         what = stage.rsplit(":", 1)[-1]
         identity = json.loads(json.dumps([stage, key, _code(), socket.gethostname()], default=str))
         memo = self.ws.cache_dir / "stage-ids" / f"{what}-{stable_hash(identity)}.json"
@@ -188,7 +199,7 @@ class _Steps:
             except (OSError, ValueError):
                 known = {"id": "", "folder": ".unknown"}
             return self.executor.run(self.ws, _Remembered(what, known["id"], known["folder"]))
-        built = _load(stage)(*arguments())
+        built = _load(stage)(*arguments(), **keywords())
         folder = str(built.folder(self.ws).relative_to(self.ws.root))
         write_text_atomic(memo, json.dumps({"id": built.id, "folder": folder}))
         return self.executor.run(self.ws, built)
@@ -230,6 +241,21 @@ class _Steps:
         start_id, start = self.warm_start(logps.id, training) or reference
         arguments = lambda: (logps.id, Path(start), train_config(training), ref)  # noqa: E731
         return logps, self("dpop.train:TrainStage", (logps.id, start_id, reference[0], config), arguments)
+
+    def evaluate(
+        self, dataset_id: str, run: StageRecord, reference: tuple[str, str], training: Mapping
+    ) -> StageRecord:
+        """The trained model against the reference on the dataset's eval split, at the run's β and in its
+        precision: every run of a comparison is evaluated on the same eval set."""
+        model_id, model = _model(self.ws, run)
+
+        def arguments() -> tuple:  # only when the stage is built: TrainConfig imports transformers
+            config = train_config(training)
+            precision = _load("dpop.model_io:precision_for_training")(config)
+            return Path(model), Path(reference[1]), dataset_id, "eval", config.beta, precision
+
+        key = (dataset_id, model_id, reference[0], _with_file_hashes(training))
+        return self("dpop.evaluate:PreferenceEvalStage", key, arguments, lambda: {"ws": self.ws})
 
     def warm_start(self, dataset_id: str, training: Mapping[str, Any]) -> tuple[str, str] | None:
         """With warm start: the model of the latest run with this loss on another dataset version (one on
@@ -381,8 +407,11 @@ def summary(result: ChainResult) -> dict[str, Any]:
             "loss": r.config.get("loss", "dpop"),
             "final_metrics": dict(r.summary.get("final_metrics") or {}),
             "resumed": bool(r.summary.get("resumed")),
+            "eval_id": e.id if e else None,
+            "eval_set_id": e.summary.get("eval_set") if e else None,
+            "eval_metrics": dict(e.summary.get("metrics") or {}) if e else {},
         }
-        for r in result.runs
+        for r, e in zip(result.runs, result.evals or (None,) * len(result.runs), strict=True)
     ]
     counts = {
         k: sum(r.counts.get(k, 0) for r in ingests)
