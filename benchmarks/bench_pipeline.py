@@ -327,8 +327,8 @@ def print_rss(console, rss: list[dict]) -> None:
             console.print(f"RSS ratio {item['n']:,} / {rss[0]['n']:,}: {ratio:.2f}x")
 
 
-def measure(args: argparse.Namespace, scratch: Path, console) -> dict:
-    """Rows (1)-(5) on args.n pairs (the naive one on args.naive_n), then the RSS runs."""
+def measure(args: argparse.Namespace, scratch: Path, console) -> tuple[dict, list[dict], Path]:
+    """Rows (1)-(5) on args.n pairs (the naive one on args.naive_n); also the seeds and tokenizer."""
     import pyarrow as pa
     from rapidfuzz import process
     from rapidfuzz.distance import Levenshtein
@@ -369,9 +369,7 @@ def measure(args: argparse.Namespace, scratch: Path, console) -> dict:
     seconds["naive"] = naive_map(naive_rows, tokenizer)
     seconds["naive_tokenizer_only"] = naive_tokenizer_seconds(naive_rows, tokenizer)
     out["load"]["end"] = load()
-    sizes = [int(n) for n in args.rss_sizes.split(",") if n.strip()]
-    out["rss"] = [measure_rss(seeds, n, tokenizer, scratch) for n in sizes]
-    return out
+    return out, seeds, tokenizer
 
 
 def rates(out: dict) -> dict:
@@ -442,6 +440,16 @@ def print_result(console, out: dict) -> None:
     print_rss(console, out["rss"])
 
 
+def save(out: dict) -> None:
+    """Write the result; RSS runs of other sizes stored before (a 10M run takes hours: `--rss-only`)
+    are kept."""
+    stored = json.loads(RESULTS.read_text()).get("rss", []) if RESULTS.is_file() else []
+    by_size = {item["n"]: item for item in stored}
+    by_size.update({item["n"]: item for item in out["rss"]})
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({**out, "rss": [by_size[n] for n in sorted(by_size)]}, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -475,17 +483,17 @@ def main() -> None:
     console = Console()
     scratch = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     try:
-        out = rates(measure(args, scratch, console))
+        out, seeds, tokenizer = measure(args, scratch, console)
+        out = rates(out)
+        out["rss"] = []
+        save(out)  # the rows are kept even if an RSS run fails
+        sizes = [int(n) for n in args.rss_sizes.split(",") if n.strip()]
+        for n in sizes:
+            out["rss"].append(measure_rss(seeds, n, tokenizer, scratch))
+            save(out)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    # RSS runs of other sizes stored before (a 10M run takes hours: `--rss-only`) are kept
-    stored = json.loads(RESULTS.read_text()).get("rss", []) if RESULTS.is_file() else []
-    by_size = {item["n"]: item for item in stored}
-    by_size.update({item["n"]: item for item in out["rss"]})
-    out["rss"] = [by_size[n] for n in sorted(by_size)]
-    print_result(console, out)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    print_result(console, json.loads(RESULTS.read_text()))
     console.print(f"wrote {RESULTS}")
 
 
