@@ -86,9 +86,25 @@ training:
   lora_r: 0                     # > 0 trains a LoRA adapter instead of the full model
   bf16: false                   # true on GPUs that support it
   seed: 0
+
+# The promotion gate (docs/gate.md): after training, the new model(s) and the current champion are
+# evaluated on the same eval sets; a candidate is promoted only if it passes the floors and no metric of
+# max_regression is worse than the champion's by more than its tolerance. A refusal keeps the champion.
+gate:
+  enabled: true
+  alias: champion
+  floors: {rewards/accuracies: 0.5}                          # metric: minimum
+  max_regression: {rewards/accuracies: 0.02, exact_match: 0.02}   # metric: allowed drop vs champion
+  rank_by: [exact_match, rewards/accuracies, logps/chosen_delta]  # best of several passing candidates
+  generation:                   # greedy generation + exact match on verifiable prompts ("#### N")
+    enabled: true
+    from_eval_split: true       # the eval split's prompts, answers taken from the chosen answers
+    eval_file: null             # also a fixed question/answer file, e.g. GSM8K's test.jsonl
+    max_prompts: 64
+    max_new_tokens: 256
 """
 
-SECTIONS = ("seed", "synth", "tiny_model", "sft", "curation", "losses", "training")
+SECTIONS = ("seed", "synth", "tiny_model", "sft", "curation", "losses", "training", "gate")
 
 
 @dataclass(frozen=True)
@@ -146,6 +162,7 @@ def run_config_class() -> type:
     from dpop.config import TrainConfig
     from dpop.sft import SFTSettings
     from pipeline.curate.config import CurationConfig
+    from pipeline.gate import GateConfig
 
     run_config = dataclasses.make_dataclass(
         "RunConfig",
@@ -165,6 +182,7 @@ def run_config_class() -> type:
                 ),
             ),
             ("training", TrainConfig, field(default_factory=TrainConfig)),
+            ("gate", GateConfig, field(default_factory=GateConfig)),
         ],
         frozen=True,
     )

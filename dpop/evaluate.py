@@ -63,6 +63,7 @@ from dpop.model_io import (
 )
 from dpop.model_logps import DEFAULT_BATCH_SIZE, DEFAULT_TOKEN_BUDGET, pad_token_id, token_budget_batches
 from pipeline.contracts import load_contract
+from pipeline.evalset import Overlap, eval_prompt_keys, overlap
 from pipeline.shards import load_manifest, open_split
 from pipeline.stage import (
     INLINE,
@@ -79,10 +80,11 @@ from pipeline.stage import (
 from pipeline.workspace import Workspace
 
 STAGE_NAME = "eval"
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: the record's summary holds the eval set's overlap with the training split
 PAIRS_FILE, METRICS_FILE = "pairs.parquet", "metrics.parquet"
 PAIR_CONTRACT, METRIC_CONTRACT = "pair_eval", "eval_metric"
 MODEL, REFERENCE, EVAL_SET = "evaluated_model", "reference_model", "evaluated_on"
+CHECKED_AGAINST = "checked_against"
 UNKNOWN_SOURCE = "unknown"  # the source group of pairs whose dataset holds no pairs.parquet row for them
 KIND = "preference"
 
@@ -351,6 +353,9 @@ class PreferenceEvalStage(Stage):
     precision: Precision | str = "float32"
     batch_size: int | None = None
     trust_remote_code: bool = False
+    # The dataset whose training split the eval set is checked against (default: `dataset_id`'s own).
+    # Given, it is an input (`checked_against`): the champion evaluated on a candidate's eval set.
+    train_dataset_id: str | None = None
     ws: Workspace = field(kw_only=True)  # where the dataset is: the eval set's id reads its tokens
 
     def __post_init__(self) -> None:
@@ -374,11 +379,22 @@ class PreferenceEvalStage(Stage):
         return eval_set_artifact(self.ws, self.dataset_id, self.split)
 
     def inputs(self) -> list[Input]:
-        return [
+        inputs = [
             Input(self.model_artifact, MODEL),
             Input(self.reference_artifact, REFERENCE),
             Input(self.eval_set, EVAL_SET),
         ]
+        if self.train_dataset_id and self.train_dataset_id != self.dataset_id:
+            path = workspace_path(self.ws, self.ws.dataset_dir(self.train_dataset_id))
+            inputs.append(Input(Artifact(self.train_dataset_id, "dataset", path), CHECKED_AGAINST))
+        return inputs
+
+    def overlap(self, pair_ids: list[str]) -> Overlap:
+        """Eval pairs and prompts that the training split also holds (0 and 0 for a fair eval)."""
+        train = self.train_dataset_id or self.dataset_id
+        folder = self.ws.dataset_dir(self.dataset_id)
+        prompts = eval_prompt_keys(folder, self.split, pair_ids)
+        return overlap(self.ws.dataset_dir(train), train, pair_ids, prompts)
 
     def config(self) -> dict[str, Any]:
         return {"beta": self.beta, "dtype": self.precision.label}
@@ -419,7 +435,8 @@ class PreferenceEvalStage(Stage):
         metrics = metrics_table(metric_ids, values, groups)
         pq.write_table(pairs, ctx.out / PAIRS_FILE)
         pq.write_table(metrics, ctx.out / METRICS_FILE)
-        return self._output(ctx, pairs.num_rows, metrics)
+        found = self.overlap(shards.column("pair_id").to_pylist())
+        return self._output(ctx, pairs.num_rows, metrics, found)
 
     def _values(self, ctx: StageContext, dataset: ShardDataset) -> PairValues:
         """Both models' log-probs over the same batches; the reference's pass is skipped when it is the
@@ -436,7 +453,7 @@ class PreferenceEvalStage(Stage):
         common_prefix = dataset.table.column("common_prefix_len").to_numpy()
         return PairValues(policy, reference, self.beta, common_prefix)
 
-    def _output(self, ctx: StageContext, rows: int, metrics: pa.Table) -> StageOutput:
+    def _output(self, ctx: StageContext, rows: int, metrics: pa.Table, found: Overlap) -> StageOutput:
         overall = {
             metric: value
             for metric, kind, value in zip(
@@ -474,7 +491,7 @@ class PreferenceEvalStage(Stage):
         return StageOutput(
             outputs=outputs,
             counts={"pairs": rows, "metrics": metrics.num_rows},
-            summary={**meta, "metrics": overall},
+            summary={**meta, "kind": KIND, "metrics": overall, "overlap": found.as_dict()},
         )
 
 
@@ -488,12 +505,21 @@ def evaluate(
     precision: Precision | str = "float32",
     batch_size: int | None = None,
     executor: Executor = INLINE,
+    train_dataset_id: str | None = None,
 ) -> StageRecord:
     """Evaluate `model_path` against `reference_path` through the stage runner (reused when done);
     checked first, so a bad input fails in one line before any model loads."""
     ws = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
     stage = PreferenceEvalStage(
-        Path(model_path), Path(reference_path), dataset_id, split, beta, precision, batch_size, ws=ws
+        Path(model_path),
+        Path(reference_path),
+        dataset_id,
+        split,
+        beta,
+        precision,
+        batch_size,
+        train_dataset_id=train_dataset_id,
+        ws=ws,
     )
     stage.check(ws)
     return run_stage(ws, stage, executor)

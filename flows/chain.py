@@ -5,6 +5,8 @@ runs it as a Prefect flow, `dpop run --engine direct` inline, `dpop run` first t
     ingest (one stage per file) -> tiny model (demo only) -> build -> SFT (optional)
         -> log-probs (reference, in the policy's precision) -> train (one stage per training config)
         -> eval (each trained model against the reference on the eval split, when it has pairs)
+        -> gate (the candidates and the champion on the same eval sets; the best that passes is
+           promoted: `flows/gate_step.py`, `pipeline/gate.py`, docs/gate.md)
 
 `ChainSpec` says what to run and travels as JSON (a deployment's parameters); `data_to_model` returns
 the records (`ChainResult`). Reuse is the runner's alone (`pipeline.stage.run_stage`); this module only
@@ -68,6 +70,7 @@ class ChainSpec:
     sft: Mapping[str, Any] = field(default_factory=dict)
     training: tuple[Mapping[str, Any], ...] = ({},)
     warm_start: bool = False
+    gate: Mapping[str, Any] = field(default_factory=dict)  # the `gate:` section (pipeline.gate.GateConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
@@ -119,11 +122,14 @@ class ChainResult:
     runs: tuple[StageRecord, ...]
     reference_model: str
     evals: tuple[StageRecord | None, ...] = ()
+    gate: Any = None  # flows.gate_step.GateResult: the decision, and the evals made for it
 
     @property
     def status(self) -> str:
         records = [*self.ingests, self.tiny, self.build, self.reference, *self.logps, *self.runs, *self.evals]
-        return UP_TO_DATE if all(r.reused for r in records if r is not None) else TRAINED
+        records += list(self.gate.evals) if self.gate is not None else []
+        done = all(r.reused for r in records if r is not None)
+        return UP_TO_DATE if done and (self.gate is None or self.gate.reused) else TRAINED
 
     @property
     def comparison_id(self) -> str | None:
@@ -161,9 +167,24 @@ def data_to_model(ws: Workspace, spec: ChainSpec, executor: Executor) -> ChainRe
         for lp, r, training in zip(logps, runs, spec.training, strict=True)
     )
     result = ChainResult(ws, spec, tuple(ingests), tiny, build, reference, logps, runs, reference_path, evals)
+    result = dataclasses.replace(result, gate=_gate(run, result, (reference_id, reference_path)))
     if not isinstance(executor, ProbeExecutor):
         _note_runs(result)
     return result
+
+
+def _gate(steps: _Steps, result: ChainResult, reference: tuple[str, str]) -> Any:
+    """The chain's last step: the gate's decision on its runs (recorded once; the probe finds it)."""
+    from flows.gate_step import Candidate, GateStep, probe_gate
+
+    candidates = [
+        Candidate(r, *_model(result.ws, r), e, t)
+        for r, e, t in zip(result.runs, result.evals, result.spec.training, strict=True)
+    ]
+    if isinstance(steps.executor, ProbeExecutor):
+        return probe_gate(result.ws, candidates, result.spec.gate)
+    dataset_id = result.logps[0].id
+    return GateStep(result.ws, steps, candidates, reference, dataset_id, result.spec.gate).run()
 
 
 def probe(ws: Workspace, spec: ChainSpec) -> ChainResult | None:
@@ -446,7 +467,27 @@ def summary(result: ChainResult) -> dict[str, Any]:
         "runs": runs,
         "comparison_id": result.comparison_id,
         "smoke_test": result.spec.smoke_test,
+        "gate": gate_summary(result),
     }
+
+
+def gate_summary(result: ChainResult) -> dict[str, Any] | None:
+    """The gate's decision as the summary, the artifacts and the report show it."""
+    if result.gate is None:
+        return None
+    decision = dict(result.gate.decision)
+    keys = ("outcome", "alias", "promoted", "champion_before", "champion_after", "reason", "candidates")
+    out = {key: decision.get(key) for key in keys}
+    out["checks"] = [
+        {"model_id": v["model_id"], **check}
+        for v in decision.get("verdicts") or []
+        for check in v.get("checks") or []
+    ]
+    out["metrics"] = decision.get("metrics") or {}
+    out["eval_ids"] = decision.get("eval_ids") or []
+    out["blockers"] = decision.get("blockers") or []
+    out["reused"] = bool(result.gate.reused)
+    return out
 
 
 def run_chain(

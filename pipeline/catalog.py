@@ -44,6 +44,19 @@ CREATE TABLE IF NOT EXISTS edges (
     relation VARCHAR NOT NULL,
     PRIMARY KEY (parent_id, child_id, relation)
 );
+-- the model registry's events (pipeline.registry), replayed from <ws>/registry.jsonl on rebuild
+CREATE TABLE IF NOT EXISTS registry_events (
+    seq BIGINT PRIMARY KEY,
+    recorded_at TIMESTAMPTZ NOT NULL,
+    event VARCHAR NOT NULL,
+    alias VARCHAR,
+    model_id VARCHAR,
+    model_dir VARCHAR,
+    previous_model_id VARCHAR,
+    reason VARCHAR,
+    actor VARCHAR,
+    details JSON
+);
 """
 
 
@@ -208,6 +221,10 @@ class CatalogBatch:
         self._connection.execute(
             "INSERT INTO edges VALUES (?, ?, ?) ON CONFLICT DO NOTHING", [parent_id, child_id, relation]
         )
+
+    def execute(self, sql: str, parameters: list[Any]) -> None:
+        """A statement of another catalog table's owner (the model registry) in this transaction."""
+        self._connection.execute(sql, parameters)
 
     def ensure_artifact(
         self,

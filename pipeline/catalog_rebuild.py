@@ -96,8 +96,25 @@ def collect_records(ws: Workspace) -> tuple[list[Replay], list[str]]:
                 replays.append(read(path))
             except (_Unreadable, OSError, KeyError, TypeError, ValueError) as error:
                 skipped.append(f"{path}: {_why(error)}")
+    replays += _registry_replays(ws, skipped)
     replays.sort(key=lambda r: (r.at, str(r.source)))
     return replays, skipped
+
+
+def _registry_replays(ws: Workspace, skipped: list[str]) -> list[Replay]:
+    """The model registry's events (`<ws>/registry.jsonl`, pipeline.registry): user decisions that no
+    stage record holds, replayed into `registry_events`."""
+    from pipeline.registry import REGISTRY_FILE, RegistryError, insert_event, read_events
+
+    path = ws.root / REGISTRY_FILE
+    try:
+        events = list(read_events(path))
+    except RegistryError as error:
+        skipped.append(str(error))
+        return []
+    return [
+        Replay(datetime.fromisoformat(e.at), path, lambda batch, e=e: insert_event(batch, e)) for e in events
+    ]
 
 
 def _why(error: Exception) -> str:

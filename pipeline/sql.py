@@ -18,6 +18,12 @@ columns; `describe_views` / `dpop sql --schema` lists every column with its mean
     lineage             catalog edges parent -> child with both kinds
     artifacts           every catalog record; sources: the `source_file` records
     selections          every pair each `dpop select` considered: score, rank, kept or not, weight
+    evals               every evaluation's metrics (preference and generation), overall, per source and
+                        per edit bucket, with what was evaluated against what and the training overlap
+    generations         every generation evaluation's answers: prompt, generation, extracted and
+                        reference answers, correct
+    model_aliases       the model registry's alias history (assign, rollback; `is_current`)
+    gate_decisions      every gate decision: outcome (promoted, kept, refused), reason, checks
 
 Counting without knowing the version scheme: every build of new data makes a new dataset version, and
 reference log-probs make another one (`<id>-ref-<hash>`) whose pairs.parquet is a copy of its parent's.
@@ -82,6 +88,10 @@ VIEWS = (
     "artifacts",
     "sources",
     "selections",
+    "evals",
+    "generations",
+    "model_aliases",
+    "gate_decisions",
 )
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -714,6 +724,91 @@ def _metric_rows(run_id: str, line: str) -> list[dict[str, Any]]:
     ]
 
 
+def _eval_tables(ws: Workspace) -> dict[str, Any]:
+    """Every evaluation's metrics.parquet (contract eval_metric) and generations.parquet, and one row per
+    evaluation from its stage.json: what it was evaluated against, and the overlap with training data."""
+    metric_schema = load_contract("eval_metric").schema()
+    generation_schema = load_contract("generation_eval").schema()
+    metrics = _complete(ws.evals_dir, "metrics.parquet")
+    generations = _complete(ws.evals_dir, "generations.parquet")
+    return {
+        "_eval_metrics": ds.dataset([str(f) for f in metrics], format="parquet", schema=metric_schema)
+        if metrics
+        else metric_schema.empty_table(),
+        "_generations": ds.dataset([str(f) for f in generations], format="parquet", schema=generation_schema)
+        if generations
+        else generation_schema.empty_table(),
+        "_eval_records": _eval_records(ws),
+    }
+
+
+def _eval_records(ws: Workspace) -> pa.Table:
+    fields = [
+        ("eval_id", pa.string()),
+        ("reference_id", pa.string()),
+        ("dataset_id", pa.string()),
+        ("split", pa.string()),
+        ("eval_file", pa.string()),
+        ("checked_against", pa.string()),
+        ("overlap_pairs", pa.int64()),
+        ("overlap_prompts", pa.int64()),
+        ("finished_at", pa.string()),
+    ]
+    rows = []
+    for path in _complete(ws.evals_dir, "stage.json"):
+        record = _read_json(path)
+        summary = record.get("summary") or {}
+        origin = summary.get("eval_set_origin") or {}
+        overlap = summary.get("overlap") or {}
+        rows.append(
+            {
+                "eval_id": record.get("id", path.parent.name),
+                "reference_id": summary.get("reference"),
+                "dataset_id": summary.get("dataset_id") or origin.get("dataset_id"),
+                "split": summary.get("split") or origin.get("split"),
+                "eval_file": origin.get("file"),
+                "checked_against": overlap.get("train_dataset_id"),
+                "overlap_pairs": overlap.get("pairs"),
+                "overlap_prompts": overlap.get("prompts"),
+                "finished_at": record.get("finished_at"),
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=pa.schema(fields))
+
+
+_REGISTRY_SCHEMA = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("recorded_at", pa.timestamp("us", tz="UTC")),
+        ("event", pa.string()),
+        ("alias", pa.string()),
+        ("model_id", pa.string()),
+        ("model_dir", pa.string()),
+        ("previous_model_id", pa.string()),
+        ("reason", pa.string()),
+        ("actor", pa.string()),
+        ("details", pa.string()),
+    ]
+)
+
+
+def _registry_table(ws: Workspace) -> pa.Table:
+    """The catalog's registry_events (pipeline.registry), copied out under its lock; empty before any."""
+    if not ws.catalog_path.exists():
+        return _REGISTRY_SCHEMA.empty_table()
+    with Catalog(ws).connect(read_only=True) as connection:
+        found = connection.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'registry_events'"
+        ).fetchall()[0][0]
+        if not found:
+            return _REGISTRY_SCHEMA.empty_table()
+        table = connection.sql(
+            "SELECT seq, recorded_at, event, alias, model_id, model_dir, previous_model_id, reason, actor, "
+            "CAST(details AS VARCHAR) AS details FROM registry_events ORDER BY seq"
+        ).to_arrow_table()
+    return table.cast(_REGISTRY_SCHEMA)
+
+
 _ARTIFACTS_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -792,6 +887,22 @@ CREATE VIEW datasets AS
     SELECT d.*, a.created_at FROM _datasets d LEFT JOIN _artifacts a ON a.id = d.dataset_id;
 CREATE VIEW metrics AS SELECT * FROM _metrics;
 CREATE VIEW selections AS SELECT * FROM _selections;
+CREATE VIEW evals AS
+    SELECT m.eval_id, m.kind, m.model_id, m.eval_set_id, m.metric, m.group_kind, m."group", m.value, m.n,
+           r.reference_id, r.dataset_id, r.split, r.eval_file, r.checked_against, r.overlap_pairs,
+           r.overlap_prompts, r.finished_at
+    FROM _eval_metrics m LEFT JOIN _eval_records r USING (eval_id);
+CREATE VIEW generations AS SELECT * FROM _generations;
+CREATE VIEW model_aliases AS
+    SELECT seq, recorded_at, event, alias, model_id, previous_model_id, reason, actor, model_dir,
+           seq = max(seq) OVER (PARTITION BY alias) AS is_current
+    FROM _registry WHERE event IN ('assign', 'rollback');
+CREATE VIEW gate_decisions AS
+    SELECT seq, recorded_at, alias, details::JSON->>'outcome' AS outcome, model_id AS promoted_model_id,
+           previous_model_id AS champion_before, details::JSON->>'champion_after' AS champion_after, reason,
+           CAST(details::JSON->'candidates' AS VARCHAR[]) AS candidates,
+           CAST(details::JSON->'run_ids' AS VARCHAR[]) AS run_ids, details::JSON AS details
+    FROM _registry WHERE event = 'gate';
 """
 
 
@@ -837,6 +948,8 @@ def _create_views(ws: Workspace, connection: duckdb.DuckDBPyConnection) -> None:
         "_datasets": _datasets(versions),
         "_selections": _selections(ws, versions),
         "_metrics": _metrics(ws),
+        **_eval_tables(ws),
+        "_registry": _registry_table(ws),
         "_artifacts": artifacts,
         "_edges": edges,
     }
@@ -915,6 +1028,11 @@ _VIEW_DESCRIPTIONS = {
     "artifacts": "Every catalog record.",
     "sources": "Source file versions (catalog records of kind source_file).",
     "selections": "Every pair a selection (dpop select) considered: score, rank, kept or not, weight.",
+    "evals": "Every evaluation's metrics (kind preference or generation), overall, per source and per "
+    "edit bucket; with its reference, dataset split or eval file, and its overlap with the training split.",
+    "generations": "Every generation evaluation's answers: prompt, generation, extracted and reference answer.",
+    "model_aliases": "The model registry's alias history (assign, rollback), is_current for the holder now.",
+    "gate_decisions": "Every gate decision of the chain: outcome (promoted, kept, refused, disabled) and why.",
 }
 _CONTRACT_OF = {
     "pairs": "preference_pair",
@@ -924,6 +1042,8 @@ _CONTRACT_OF = {
     "rejections_history": "rejection",
     "shards": "dpop_shard",
     "selections": "selection",
+    "evals": "eval_metric",
+    "generations": "generation_eval",
 }
 _DATASET_ID = "Dataset version id (ds-…); in pairs and rejections, the version that kept or dropped the row."
 _INGEST_ID = "Ingest id: one ingest of one source file version with its options (<ws>/sources/<ingest_id>/)."
@@ -989,6 +1109,32 @@ _COLUMN_MEANINGS = {
     "sources.format": "Format it was parsed as.",
     "sources.source_name": "Source name.",
     "sources.size": "Size in bytes.",
+    "evals.reference_id": "Reference model of a preference evaluation (null for generation).",
+    "evals.split": "The dataset split evaluated (null for an eval file).",
+    "evals.eval_file": "The question/answer file a generation evaluation read (null for a dataset split).",
+    "evals.checked_against": "Dataset whose training split the eval set was checked against.",
+    "evals.overlap_pairs": "Eval pairs also in that training split (0 for a fair evaluation).",
+    "evals.overlap_prompts": "Eval prompts also in that training split (0 for a fair evaluation).",
+    "evals.finished_at": "When the evaluation finished (UTC, ISO).",
+    "seq": "Registry event number (1, 2, … in <ws>/registry.jsonl order).",
+    "recorded_at": "When the registry event was recorded (UTC).",
+    "model_aliases.event": "assign (promote) or rollback.",
+    "model_aliases.alias": "The alias (champion, candidate, or a user's name).",
+    "model_aliases.model_id": "The model the alias points at from this event on.",
+    "model_aliases.previous_model_id": "The model it pointed at before (null: none).",
+    "model_aliases.reason": "Why, as given with --reason or by the gate.",
+    "model_aliases.actor": "Who: the user name, or gate.",
+    "model_aliases.model_dir": "The model's folder when it was assigned.",
+    "model_aliases.is_current": "True for the alias's current holder.",
+    "gate_decisions.alias": "The alias the gate guards.",
+    "gate_decisions.outcome": "promoted, kept (the champion passed again), refused, or disabled.",
+    "gate_decisions.promoted_model_id": "The model promoted (null unless promoted).",
+    "gate_decisions.champion_before": "The alias's holder when the gate decided.",
+    "gate_decisions.champion_after": "Its holder after the decision.",
+    "gate_decisions.reason": "The decision in one sentence: what passed, or every failed check.",
+    "gate_decisions.candidates": "The candidate model ids (one per run of a --losses comparison).",
+    "gate_decisions.run_ids": "The training runs that made them.",
+    "gate_decisions.details": "JSON: every candidate's checks, metrics per eval set, the eval ids.",
 }
 
 

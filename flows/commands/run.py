@@ -98,10 +98,28 @@ def chain_spec(
     if model is not None and "steps" not in (user.get("sft") or {}) and flags["sft_steps"] is None:
         sft["steps"] = 0  # the demo's warm-up would damage a real model: it is its own reference
     _check_eval_file(curation)
+    gate = _gate_section(values.get("gate"), config)
     return ChainSpec(
         sources, values["synth"]["n"], values["seed"], None, {}, str(model) if model else None,
-        values["tiny_model"], curation.as_dict(), sft, training, warm_start,
+        values["tiny_model"], curation.as_dict(), sft, training, warm_start, gate,
     )  # fmt: skip
+
+
+def _gate_section(gate: Any, config: Any) -> dict[str, Any]:
+    """The `gate:` section checked by the config loader, its eval file made absolute (relative to the
+    config file) and checked to exist."""
+    from pipeline.gate import load_gate_config
+
+    loaded = load_gate_config(gate, source=str(config) if config else "dpop.yaml defaults")
+    section = loaded.as_dict()
+    eval_file = section["generation"]["eval_file"]
+    if eval_file:
+        path = Path(eval_file).expanduser()
+        path = path if path.is_absolute() or config is None else config.resolve().parent / path
+        if not path.is_file():
+            raise FileNotFoundError(f"--config: gate.generation.eval_file {path}: no such file")
+        section["generation"]["eval_file"] = str(path.resolve())
+    return section
 
 
 def _source(item: str) -> str:
