@@ -1,6 +1,7 @@
-"""Prefect artifacts of a data-to-model run, read from the stage records: the funnel as a table and a
-markdown summary. Keys are stable (`dpop-funnel`, `dpop-summary`), so the Prefect UI shows each run's
-artifact as a new version of the same one and funnels compare across refreshes."""
+"""Prefect artifacts of a data-to-model run, read from the stage records: the funnel as a table, a
+markdown summary (with the gate's decision), and the gate's checks as a table. Keys are stable
+(`dpop-funnel`, `dpop-summary`, `dpop-gate`), so the Prefect UI shows each run's artifact as a new
+version of the same one and funnels and gate decisions compare across refreshes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from flows.chain import ChainResult
 from pipeline.funnel import read_funnel
 from pipeline.sql import query
 
-FUNNEL_KEY, SUMMARY_KEY = "dpop-funnel", "dpop-summary"
+FUNNEL_KEY, SUMMARY_KEY, GATE_KEY = "dpop-funnel", "dpop-summary", "dpop-gate"
 BUCKETS, BAR_WIDTH = 10, 40
 
 
@@ -73,7 +74,41 @@ def summary_markdown(result: ChainResult, summary: dict[str, Any]) -> str:
             for k, v in sorted(run["final_metrics"].items())
             if isinstance(v, int | float)
         ]
+    lines += gate_markdown(s.get("gate"))
     return "\n".join(lines) + "\n"
+
+
+def gate_markdown(gate: dict[str, Any] | None) -> list[str]:
+    """The gate's decision: outcome and reason first (a refusal is a normal outcome), then the checks."""
+    if not gate:
+        return []
+    lines = [
+        f"\n## Gate: {gate['outcome']}\n",
+        f"**{gate['reason']}**\n",
+        f"| | |\n|---|---|\n| alias | {gate['alias']} |",
+        f"| before | `{gate.get('champion_before')}` |\n| after | `{gate.get('champion_after')}` |",
+    ]
+    if gate.get("checks"):
+        lines += ["\n| candidate | rule | metric | eval set | value | champion | threshold | passed |"]
+        lines += ["|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"| {c['model_id']} | {c['rule']} | {c['metric']} | {c['eval_set_id']} | {_number(c['value'])} "
+            f"| {_number(c['champion_value'])} | {_number(c['threshold'])} | {c['passed']} |"
+            for c in gate["checks"]
+        ]
+    return lines
+
+
+def gate_rows(gate: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The gate's checks, one row each (the `dpop-gate` table artifact)."""
+    if not gate:
+        return []
+    keys = ("model_id", "rule", "metric", "eval_set_id", "value", "champion_value", "threshold", "passed")
+    return [{"outcome": gate["outcome"], **{k: c.get(k) for k in keys}} for c in gate.get("checks") or []]
+
+
+def _number(value: Any) -> str:
+    return "" if value is None else f"{value:.4g}"
 
 
 def publish(result: ChainResult, summary: dict[str, Any]) -> None:
@@ -84,5 +119,12 @@ def publish(result: ChainResult, summary: dict[str, Any]) -> None:
         funnel_rows(result), key=FUNNEL_KEY, description=f"Filter funnel of {result.build.id}"
     )
     create_markdown_artifact(
-        summary_markdown(result, summary), key=SUMMARY_KEY, description="Counts, edit ratios, training"
+        summary_markdown(result, summary), key=SUMMARY_KEY, description="Counts, edit ratios, training, gate"
     )
+    gate = summary.get("gate")
+    if gate:
+        create_table_artifact(
+            gate_rows(gate) or [{"outcome": gate["outcome"], "reason": gate["reason"]}],
+            key=GATE_KEY,
+            description=f"Gate: {gate['outcome']}: {gate['reason']}"[:1000],
+        )

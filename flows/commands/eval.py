@@ -1,8 +1,10 @@
 """`dpop eval`: a model against its reference on a dataset's eval split (`dpop.evaluate`), as a table
-overall, per edit-ratio quartile and per source."""
+overall, per edit-ratio quartile and per source; with `--generate` or `--eval-file`, greedy generation
+and exact match of the final answer on verifiable prompts (`dpop.generate`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,8 +33,8 @@ def eval_command(
         ),
     ] = ...,
     dataset: Annotated[
-        str, typer.Option("--dataset", "-d", help="Dataset version id whose split is evaluated.")
-    ] = ...,
+        str | None, typer.Option("--dataset", "-d", help="Dataset version id whose split is evaluated.")
+    ] = None,
     reference: Annotated[
         Path | None,
         typer.Option(
@@ -56,16 +58,50 @@ def eval_command(
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", help="Pairs per forward pass (default 64).")
     ] = None,
+    generate: Annotated[
+        bool, typer.Option("--generate", help="Generation eval of the split's prompts (answers from chosen).")
+    ] = False,
+    eval_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--eval-file",
+            help="Generation eval of a question/answer file (GSM8K test.jsonl; a pairs file: its chosen "
+            "answers are the references).",
+        ),
+    ] = None,
+    answer_pattern: Annotated[
+        str | None,
+        typer.Option("--answer-pattern", help="Final-answer regex (default: '#### N', 'The answer is N')."),
+    ] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", min=1, help="Token budget per answer.")
+    ] = 256,
+    max_prompts: Annotated[
+        int, typer.Option("--max-prompts", min=1, help="Prompts evaluated (content order).")
+    ] = 200,
+    train_dataset: Annotated[
+        str | None,
+        typer.Option("--train-dataset", help="Check the eval set against this dataset's training split."),
+    ] = None,
 ) -> None:
     """Log-probs of MODEL and its reference on every pair of the split; print reward accuracy, margin,
     the change of log p(chosen) and of each chosen token before and after the first edit, overall, per
-    edit-ratio quartile and per source; the eval id last (files: <workspace>/evals/<eval id>/)."""
+    edit-ratio quartile and per source; the eval id last (files: <workspace>/evals/<eval id>/).
+    With --generate / --eval-file: greedy answers, exact match of the final answer, per source."""
     with clean_errors():
         from dpop.evaluate import evaluate, read_metrics
         from flows.commands._workspace import writable_workspace
 
         ws = writable_workspace(workspace)
         run = _training_run(model)
+        if generate or eval_file is not None:
+            options = GenerationOptions(
+                answer_pattern, max_new_tokens, max_prompts, batch_size, dtype, autocast
+            )
+            _generation(ws, model, run, dataset, split, eval_file, train_dataset, options)
+            return
+        if dataset is None:
+            raise ValueError("--dataset is required (or --eval-file / --generate for a generation eval)")
         reference_path = reference or _default_reference(ws, run, dataset, model)
         record = evaluate(
             ws,
@@ -76,9 +112,104 @@ def eval_command(
             _beta(beta, run),
             _precision(dtype, autocast, run),
             batch_size,
+            train_dataset_id=train_dataset,
         )
         _print_table(record, read_metrics(ws, record).to_pylist())
+        _print_overlap(record)
         console.print(record.id, highlight=False, markup=False)
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    answer_pattern: str | None
+    max_new_tokens: int
+    max_prompts: int
+    batch_size: int | None
+    dtype: str | None
+    autocast: str | None
+
+
+def _generation(
+    ws: Any,
+    model: Path,
+    run: Any,
+    dataset: str | None,
+    split: str,
+    eval_file: Path | None,
+    train_dataset: str | None,
+    options: GenerationOptions,
+) -> None:
+    """Greedy answers of MODEL to the prompts of `eval_file` (else of the dataset's split), scored."""
+    from dpop.generate import evaluate_generation, read_generations
+    from dpop.model_io import require_model_dir
+    from pipeline.evalset import DEFAULT_ANSWER_PATTERN, from_dataset, from_file
+
+    require_model_dir(model)
+    pattern = options.answer_pattern or DEFAULT_ANSWER_PATTERN
+    if eval_file is not None:
+        prompts = from_file(eval_file, pattern, options.max_prompts)
+    elif dataset is not None:
+        prompts = from_dataset(ws.dataset_dir(dataset), dataset, split, pattern, options.max_prompts)
+    else:
+        raise ValueError("--generate needs --dataset (its split's prompts) or --eval-file")
+    trained_on = train_dataset or _trained_on(run) or dataset
+    settings = {
+        "answer_pattern": pattern,
+        "max_new_tokens": options.max_new_tokens,
+        "precision": _precision(options.dtype, options.autocast, run),
+        "train_dataset_id": trained_on,
+    }
+    if options.batch_size:
+        settings["batch_size"] = options.batch_size
+    record = evaluate_generation(ws, model, prompts, **settings)
+    _print_generation(record, read_generations(ws, record).to_pylist())
+    _print_overlap(record)
+    console.print(record.id, highlight=False, markup=False)
+
+
+def _trained_on(run: Any) -> str | None:
+    found = [i.artifact.id for i in (run.inputs if run else ()) if i.relation == "trained_on"]
+    return found[0] if found else None
+
+
+def _print_generation(record: Any, rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    summary = record.summary
+    heading = (
+        f"{summary['model']} on {summary['eval_set']} ({len(rows)} prompts, "
+        f"{summary.get('unverifiable', 0)} without a verifiable answer left out), "
+        f"{summary['max_new_tokens']} new tokens, {summary['dtype']}" + (" (reused)" if record.reused else "")
+    )
+    table = Table(title=heading)
+    for name in ("metric", "value"):
+        table.add_column(name, justify="left" if name == "metric" else "right")
+    for metric, value in (summary.get("metrics") or {}).items():
+        table.add_row(metric, "" if value is None else f"{value:.3f}")
+    console.print(table)
+    wrong = [r for r in rows if not r["correct"]][:3]
+    for row in wrong:
+        console.print(
+            f"  wrong: {row['prompt'][:80]!r} -> {row['extracted_answer']!r} (reference {row['reference_answer']!r})",
+            highlight=False,
+            markup=False,
+        )
+
+
+def _print_overlap(record: Any) -> None:
+    from pipeline.evalset import Overlap
+
+    found = record.summary.get("overlap") or {}
+    overlap = Overlap(
+        found.get("train_dataset_id"), int(found.get("pairs") or 0), int(found.get("prompts") or 0)
+    )
+    message = overlap.message()
+    if message:
+        console.print(f"[bold yellow]warning: {message}[/]", soft_wrap=True)
+    else:
+        console.print(
+            f"checked against the training split of {overlap.train_dataset_id}: no overlap", highlight=False
+        )
 
 
 def _training_run(model: Path) -> Any:
