@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from pipeline.identity import file_sha256
 
 # `#### 1,234`, `The answer is: 42`, `the answer is $3.50` (the last one in the text counts)
-DEFAULT_ANSWER_PATTERN = r"(?:####|[Tt]he (?:final )?answer is:?)\s*\$?\s*(-?[\d,]*\.?\d+)"
+DEFAULT_ANSWER_PATTERN = r"(?:####|[Tt]he (?:final )?answer is:?)\s*(-?\s*\$?\s*-?[\d,]*\.?\d+)"
 PROMPT_COLUMNS = ("question", "prompt", "instruction", "problem")
 ANSWER_COLUMNS = ("answer", "reference", "solution", "chosen")
 ID_HEX = 16

@@ -80,7 +80,7 @@ class GateConfig:
     enabled: bool = setting(True, help="false: train and evaluate, never move an alias")
     alias: str = setting("champion", nonempty=True, help="the alias a passing candidate takes")
     max_regression: dict[str, float] = setting(
-        default_factory=lambda: {"rewards/accuracies": 0.02, "exact_match": 0.02},
+        default_factory=lambda: {"rewards/accuracies": 0.02, "exact_match": 0.05},
         help="metric -> how much worse than the champion's a candidate may be",
     )
     floors: dict[str, float] = setting(

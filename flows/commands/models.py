@@ -141,7 +141,7 @@ def resolve_model(ws: Any, model: str) -> tuple[str, str | None]:
     if known is not None and known.kind == "model":
         return model, known.uri
     for event in reversed(Registry(ws).events()):
-        if event.model_id == model and event.model_dir:
+        if event.model_id == model:
             return model, event.model_dir
     raise ValueError(
         f"{model}: neither a model folder nor a model id of workspace {ws.root} (see `dpop models`)"
