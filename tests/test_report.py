@@ -58,8 +58,8 @@ def _evaluate(ws: Workspace, run_ids: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, list[str]]:
-    """A real comparison through the stage functions: 120 synthetic pairs, a tiny model, 6 SFT steps,
-    4 steps of DPOP λ=50 and of DPO from the same reference."""
+    """A real comparison through the stage functions: 120 synthetic pairs (and 6 rows to reject), a tiny
+    model, 6 SFT steps, 4 steps of DPOP λ=50 and of DPO from the same reference."""
     root = tmp_path_factory.mktemp("report")
     config = root / "dpop.yaml"
     assert CliRunner().invoke(app, ["init", str(config)]).exit_code == 0
@@ -69,8 +69,19 @@ def comparison(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, lis
         .replace("vocab_size: 768", "vocab_size: 400")
         .replace("eval_steps: 20", "eval_steps: 2")
         .replace("logging_steps: 5", "logging_steps: 1")
+        # no promotion gate (its generation eval is not what this report reads; where the defaults have
+        # no gate this changes nothing)
+        .replace("gate:\n  enabled: true", "gate:\n  enabled: false")
     )
-    args = ["run", "-w", str(root / "ws"), "--config", str(config), "--n", "120", "--steps", "4"]
+    # the demo's pairs plus rows that become rejections: two malformed lines, a non-object, two
+    # repeated pairs, a pair whose answers are the same
+    from demo.synth_math import write_math_pairs
+
+    data = write_math_pairs(root / "data" / "synth-math-n120-seed0.jsonl", 120, seed=0)
+    lines = data.read_text().splitlines()
+    same = json.dumps({"prompt": "Same?", "chosen": "yes", "rejected": "yes"})
+    data.write_text("\n".join([*lines, "{not json", '{"prompt": "x"', "[1, 2]", *lines[:2], same]) + "\n")
+    args = ["run", "-w", str(root / "ws"), "--input", str(data), "--config", str(config), "--steps", "4"]
     args += ["--sft-steps", "6", "--engine", "direct", "--no-report", "--losses", "dpop:50,dpo"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -353,6 +364,13 @@ def test_the_inspector_filters_change_the_visible_rows(
         "document.querySelectorAll(\"#items .item[data-reason~='lowest-edit']\").length"
     )
     assert 0 < set_value("f-reason", "lowest-edit") == lowest
+    # a rejection reason: its sampled rejections, raw record shown
+    assert set_value("f-reason", "ingest/malformed_json") == 2
+    assert browser.evaluate(
+        "[...document.querySelectorAll('#items .item')].filter(i => !i.hidden)"
+        ".every(i => i.classList.contains('rejection') && i.querySelector('pre.raw'))"
+    )
+    assert set_value("f-reason", "curate/duplicate_pair") == 2
     assert set_value("f-reason", "") == total
     # each source: its items
     for source in browser.evaluate("[...document.getElementById('f-source').options].map(o => o.value)")[1:]:

@@ -73,7 +73,12 @@ class Evaluation:
 
 
 def _evaluates(record: StageRecord, model_id: str) -> bool:
-    return any(i.relation == "evaluated_model" and i.artifact.id == model_id for i in record.inputs)
+    """A preference evaluation (per-pair table, contract pair_eval) of this model; other evaluations of
+    it (generation, exact match) share the folder layout but not the per-pair table."""
+    preference = any(a.kind == "pair_eval" for a in record.outputs) or record.stage == "eval"
+    return preference and any(
+        i.relation == "evaluated_model" and i.artifact.id == model_id for i in record.inputs
+    )
 
 
 def _model_in_files(folder: Path, model_id: str) -> bool:
@@ -91,7 +96,7 @@ def find_evaluation(ws: Workspace, run_id: str) -> Evaluation | None:
     model_id = f"model-{run_id}"
     found: list[tuple[str, Path, StageRecord | None]] = []
     for folder in sorted(evals_dir.glob("*")) if evals_dir.is_dir() else []:
-        if not (folder / "metrics.parquet").is_file() or folder.name.startswith(".tmp-"):
+        if not (folder / "pairs.parquet").is_file() or folder.name.startswith(".tmp-"):
             continue
         record = read_record(folder)
         if (record is not None and _evaluates(record, model_id)) or (

@@ -123,8 +123,12 @@ def rejection_sample(frames: Sequence[pl.LazyFrame], k: int) -> tuple[pl.DataFra
 
 def _rejection_frames(data: DatasetData, ws_root: Path) -> list[pl.LazyFrame]:
     paths = [ws_root / "sources" / ingest_id / "rejections.parquet" for ingest_id in data.ingest_ids]
-    for dataset_id in dict.fromkeys(filter(None, [data.tokenized_id, data.dataset_id])):
-        paths.append(ws_root / "datasets" / dataset_id / "rejections.parquet")
+    # A derived version (reference log-probs, a selection) carries its parent's rejections (and adds
+    # its own): the most derived one that has the file holds them all, once.
+    versions = [
+        ws_root / "datasets" / d / "rejections.parquet" for d in (data.dataset_id, data.tokenized_id) if d
+    ]
+    paths += [path for path in versions if path.is_file()][:1]
     frames = []
     for path in dict.fromkeys(paths):
         if path.is_file():
@@ -474,13 +478,15 @@ def _how(data: DatasetData, runs: Sequence[RunData], sample: Sample, scale: floa
     ]
     if evaluated:
         parts.append(
-            f"the {len(sample.drops):,} pairs whose log p(chosen) fell most below the reference in any of "
-            f"{', '.join(evaluated)} (at most {N_DROPS})"
+            f"the {len(sample.drops):,} pairs whose log p(chosen) fell most below the reference in any run "
+            f"({', '.join(evaluated)}; at most {N_DROPS})"
         )
     total = sum(sample.rejection_totals.values())
     parts.append(
         f"the first {K_PER_REASON} rejections of each reason by file and row ({len(sample.rejections):,} of "
         f"{total:,} rejections; raw records cut to {RAW_CHARS:,} characters)"
+        if total
+        else "no rejections: none is recorded for this dataset's sources and build"
     )
     colour = (
         f"Token colours: change of log p(chosen) against the reference, red fell, blue rose, full colour at "

@@ -193,6 +193,15 @@ def _runs_table(runs: Sequence[RunData]) -> str:
     return f"<table><tr><th></th>{head}</tr>{body}</table>"
 
 
+def _unused_marked(run: RunData) -> dict[str, Any]:
+    """The run's config, with λ marked unused where the loss is not DPOP (the chain's `--losses` keeps
+    the file's value in every run's config)."""
+    config = dict(run.config)
+    if run.loss.get("name", "dpop") != "dpop" and config.get("penalty_lambda") is not None:
+        config["penalty_lambda"] = f"{config['penalty_lambda']:g} (unused by {run.loss.get('name')})"
+    return config
+
+
 def _config_table(runs: Sequence[RunData]) -> str:
     """Every config key with each run's value; keys whose values differ between runs first, marked."""
     configs = [r.config for r in runs]
@@ -207,6 +216,7 @@ def _config_table(runs: Sequence[RunData]) -> str:
             else _e(json.dumps(value))
         )
 
+    configs = [_unused_marked(r) for r in runs]
     differs = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
     ordered = differs + [k for k in keys if k not in differs]
     body = "".join(

@@ -209,7 +209,7 @@ def base_warnings(runs: Sequence[RunData]) -> list[Sentence]:
         size = f"{base.parameters:,} parameters, " if base.parameters else ""
         warm = (
             f", warmed up by {base.sft_steps} SFT steps on these pairs"
-            + (f" (final SFT loss {base.sft_final_loss:.3g})" if base.sft_final_loss is not None else "")
+            + (f" to a loss of {base.sft_final_loss:.3g}" if base.sft_final_loss is not None else "")
             if base.sft_steps
             else ", not trained at all"
         )
