@@ -10,8 +10,8 @@ absent) and the demo's synthetic maths pairs, for several seeds. Per seed:
 2. one selection of 25% of the train pairs per rule (margin, reference_difficulty, small_gap, low_edit,
    edit_quota, random), and all pairs; the eval split is the same in every selection;
 3. DPOP (λ = 50, β = 0.1) from the reference at equal steps and batch on each, evaluated on the eval split
-   (the trainer's eval metrics: `dpop/evaluate.py` had not landed when this was written): reward
-   accuracy, and Δ log p(chosen) = mean over eval pairs of log πθ(y_w) − log πref(y_w).
+   by the trainer (reward accuracy, and Δ log p(chosen) = mean over eval pairs of log πθ(y_w) −
+   log πref(y_w)) and by the evaluation stage (`dpop.evaluate`: the same, overall and per source).
 
 Seed-independent stages (ingest, tiny model, build, SFT, refs) run once; the stage runner reuses every
 finished stage, so a rerun with more seeds pays only for the new ones. Prints a table (mean ± std over
@@ -147,6 +147,7 @@ def seed_runs(args, ws, shared: dict, seed: int) -> list[dict]:
         started = time.perf_counter()
         result = train(ws, dataset_id, reference, training(args, seed, "dpop", args.steps))
         metrics = result.final_metrics
+        evaluated = evaluation(ws, result.model_dir, reference, refs, dataset_id)
         rows.append(
             {
                 "seed": seed,
@@ -163,6 +164,7 @@ def seed_runs(args, ws, shared: dict, seed: int) -> list[dict]:
                 and {k: summary[k] for k in ("by_source", "score") if k in summary},
                 "reference_ranking_accuracy": summary and summary.get("reference_ranking_accuracy"),
                 "probe_reward_accuracy": summary and summary.get("probe_reward_accuracy"),
+                "evaluation": evaluated,
                 "train_seconds": round(time.perf_counter() - started, 1),
                 "reused": result.reused,
                 "load": load(),
@@ -175,6 +177,23 @@ def seed_runs(args, ws, shared: dict, seed: int) -> list[dict]:
     return rows
 
 
+def evaluation(ws, model_dir, reference, refs: str, trained_on: str) -> dict:
+    """The evaluation stage (`dpop.evaluate`) on the common eval split: overall and per source."""
+    from dpop.evaluate import evaluate, read_metrics
+
+    record = evaluate(ws, model_dir, reference, refs, "eval", beta=0.1, train_dataset_id=trained_on)
+    found: dict = {}
+    for row in read_metrics(ws, record).to_pylist():
+        if row["group_kind"] in ("all", "source"):
+            group = "all" if row["group_kind"] == "all" else row["group"].split(":")[0]
+            found.setdefault(group, {})[row["metric"]] = row["value"]
+    return found
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
 def aggregate(rows: list[dict]) -> dict[str, dict]:
     by_name: dict[str, dict] = {}
     for name in dict.fromkeys(r["selection"] for r in rows):
@@ -183,11 +202,16 @@ def aggregate(rows: list[dict]) -> dict[str, dict]:
             continue
         entry = {"seeds": len(mine), "train_pairs": statistics.mean(r["train_pairs"] for r in mine)}
         for key in ("eval_reward_accuracy", "eval_delta_logp_chosen", "eval_loss"):
-            values = [r[key] for r in mine if r[key] is not None]
-            entry[key] = {
-                "mean": statistics.mean(values),
-                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            entry[key] = _mean_std([r[key] for r in mine if r[key] is not None])
+        groups = sorted({g for r in mine for g in r["evaluation"]})
+        entry["evaluation"] = {
+            group: {
+                metric: _mean_std([r["evaluation"][group][metric] for r in mine])
+                for metric in ("rewards/accuracies", "logps/chosen_delta", "dpop/penalty_active")
+                if all(r["evaluation"].get(group, {}).get(metric) is not None for r in mine)
             }
+            for group in groups
+        }
         by_name[name] = entry
     return by_name
 
