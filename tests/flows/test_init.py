@@ -26,6 +26,7 @@ def test_init_writes_a_commented_config_that_loads(tmp_path: Path) -> None:
         "curation",
         "losses",
         "training",
+        "gate",
     }
     settings = load_run_config(path)
     assert settings.sft_explicit and not load_run_config(None).sft_explicit  # the file names sft.steps
