@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from pipeline.contracts import CONTRACTS_DIR, ContractError, load_contract, validate
-from pipeline.ingest import runner
+from pipeline.ingest import stage as ingest_stage
 
 SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
-INGEST_SOURCES = Path(runner.__file__).parent
+INGEST_SOURCES = Path(ingest_stage.__file__).parent
 
 
 @pytest.mark.parametrize("path", sorted(CONTRACTS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
@@ -59,9 +59,9 @@ def pair_table(rows):
 
 def test_ingest_columns_are_exactly_the_contract_base_columns():
     pairs = load_contract("preference_pair")
-    assert set(runner.PAIR_COLUMNS) <= set(pairs.columns)
-    assert set(pairs.required_columns) <= set(runner.PAIR_COLUMNS)
-    assert list(load_contract("rejection").columns) == runner.REJECTION_COLUMNS
+    assert set(ingest_stage.PAIR_COLUMNS) <= set(pairs.columns)
+    assert set(pairs.required_columns) <= set(ingest_stage.PAIR_COLUMNS)
+    assert list(load_contract("rejection").columns) == ingest_stage.REJECTION_COLUMNS
 
 
 def test_a_column_in_code_but_not_in_the_contract_fails():
