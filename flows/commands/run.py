@@ -339,6 +339,10 @@ def _print_summary(summary: dict[str, Any], seconds: float) -> None:
             if isinstance(run["final_metrics"].get(k), int | float)
         ]
         rows += [("report", run["report"])] if run.get("report") else []
+    gate = summary.get("gate")
+    if gate:  # a refusal is an outcome, not an error: the champion stays and the reason says why
+        rows += [(f"gate ({gate['alias']})", f"{gate['outcome']}: {gate['reason']}")]
+        rows += [("champion", gate["champion_after"])] if gate.get("champion_after") else []
     ws, run_id = summary["workspace"], summary["run_id"]
     rows += [
         ("lineage", f"dpop lineage {run_id} -w {ws}"),

@@ -92,7 +92,10 @@ def test_every_entry_point_gives_the_same_ids(prefect_server, inputs, tmp_path: 
     served = data_to_model_flow(**registered.parameters)
     assert served["smoke_test"] and served["status"] == "trained"
     ids = _ids(tmp_path / "prefect")
-    assert {stage for stage, _ in ids} == {"ingest", "tiny_model", "build", "sft", "logps", "train", "eval"}
+    assert {stage for stage, _ in ids} == {
+        *("ingest", "tiny_model", "build", "sft", "logps", "train", "eval"),
+        "generation_eval",  # the gate: the eval split's prompts are verifiable ("The answer is: N")
+    }
     assert _ids(tmp_path / "direct") == ids == _ids(tmp_path / "served")
     run = json.loads((tmp_path / "prefect" / "runs" / served["run_id"] / "chain.json").read_text())
     assert run["smoke_test"] == served["smoke_test"]
