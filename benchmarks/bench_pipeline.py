@@ -62,6 +62,24 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+class Timer:
+    """Wall and CPU seconds (this process, every thread) of a block. CPU time moves far less than wall
+    time with the machine's load, so it tells what a quiet machine would show: work that keeps both
+    cores busy takes about CPU / 2 seconds there."""
+
+    def __enter__(self) -> Timer:
+        self.wall, self.cpu = time.perf_counter(), _cpu()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, _cpu() - self.cpu
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def seed_pairs() -> tuple[list[dict], str]:
     """Canonical pairs to resample from: the real files through our ingest, else synthetic ones."""
     import polars as pl
@@ -140,16 +158,18 @@ def run_build(source: Path, tokenizer: Path, workdir: Path) -> dict:
 
     ws = Workspace.open(workdir)
     load_before = load()
-    start = time.perf_counter()
-    ingests = ingest_source(source, ws)
-    ingested = time.perf_counter()
+    with Timer() as ingest:
+        ingests = ingest_source(source, ws)
     ingest_rss = peak_rss_mib()
-    result = build_dataset(ws, CONFIG, tokenizer, ingests)
-    end = time.perf_counter()
+    with Timer() as build:
+        result = build_dataset(ws, CONFIG, tokenizer, ingests)
     return {
-        "seconds": end - start,
-        "ingest_seconds": ingested - start,
-        "build_seconds": end - ingested,
+        "seconds": ingest.wall + build.wall,
+        "ingest_seconds": ingest.wall,
+        "build_seconds": build.wall,
+        "cpu_seconds": ingest.cpu + build.cpu,
+        "ingest_cpu_seconds": ingest.cpu,
+        "build_cpu_seconds": build.cpu,
         "peak_rss_after_ingest_mib": ingest_rss,
         "rows_in": result.rows_in,
         "rows_kept": result.rows_kept,
@@ -158,8 +178,8 @@ def run_build(source: Path, tokenizer: Path, workdir: Path) -> dict:
     }
 
 
-def naive_map(rows: list[dict], tokenizer_path: Path) -> float:
-    """Stage (4): the per-row script most people write. Returns seconds."""
+def naive_map(rows: list[dict], tokenizer_path: Path) -> Timer:
+    """Stage (4): the per-row script most people write. Returns its timer."""
     from datasets import Dataset, disable_progress_bars
     from rapidfuzz.distance import Levenshtein
     from transformers import AutoTokenizer
@@ -183,9 +203,9 @@ def naive_map(rows: list[dict], tokenizer_path: Path) -> float:
         }
 
     dataset = Dataset.from_list(rows)
-    start = time.perf_counter()
-    dataset.map(per_row, load_from_cache_file=False, keep_in_memory=True)
-    return time.perf_counter() - start
+    with Timer() as timer:
+        dataset.map(per_row, load_from_cache_file=False, keep_in_memory=True)
+    return timer
 
 
 def naive_tokenizer_seconds(rows: list[dict], tokenizer_path: Path) -> float:
@@ -214,12 +234,14 @@ def tokenizer_only(rows: list[dict], tokenizer_path: Path) -> dict:
     prompts = tokenizer.render([row["prompt"] for row in rows])
     texts = list(dict.fromkeys([*prompts, *(r["chosen"] for r in rows), *(r["rejected"] for r in rows)]))
     load_before = load()
-    start = time.perf_counter()
-    for first in range(0, len(texts), _TOKENIZE_CHUNK):
-        tokenizer.backend.encode_batch_fast(texts[first : first + _TOKENIZE_CHUNK], add_special_tokens=False)
-    seconds = time.perf_counter() - start
+    with Timer() as timer:
+        for first in range(0, len(texts), _TOKENIZE_CHUNK):
+            tokenizer.backend.encode_batch_fast(
+                texts[first : first + _TOKENIZE_CHUNK], add_special_tokens=False
+            )
     return {
-        "seconds": seconds,
+        "seconds": timer.wall,
+        "cpu_seconds": timer.cpu,
         "texts": len(texts),
         "chars": sum(map(len, texts)),
         "load": [load_before, load()],
@@ -348,25 +370,27 @@ def measure(args: argparse.Namespace, scratch: Path, console) -> tuple[dict, lis
     )
     out = {"data": origin, "n": args.n, "cpu_count": os.cpu_count(), "load": {"start": load()}}
     out["tokenizer"] = {"vocab_size": args.vocab_size, "chars_per_token": density}
-    seconds = out["seconds"] = {}
-    start = time.perf_counter()
-    process.cpdist(chosen, rejected, scorer=Levenshtein.distance, workers=-1)
-    seconds["kernel"] = time.perf_counter() - start
+    seconds, cpu = out["seconds"], out["cpu_seconds"] = {}, {}
+    with Timer() as timer:
+        process.cpdist(chosen, rejected, scorer=Levenshtein.distance, workers=-1)
+    seconds["kernel"], cpu["kernel"] = timer.wall, timer.cpu
     table = pa.Table.from_pylist(rows)
     for name, words in (("score", False), ("score_with_word_distance", True)):
-        start = time.perf_counter()
-        score_pairs(table, word_distance=words)
-        seconds[name] = time.perf_counter() - start
+        with Timer() as timer:
+            score_pairs(table, word_distance=words)
+        seconds[name], cpu[name] = timer.wall, timer.cpu
     del table, chosen, rejected
     out["load"]["score"] = load()
-    out["tokenizer_only"] = tokenizer_only(rows, tokenizer)
-    seconds["tokenizer_only"] = out["tokenizer_only"]["seconds"]
+    out["tokenizer_only"] = limit = tokenizer_only(rows, tokenizer)
+    seconds["tokenizer_only"], cpu["tokenizer_only"] = limit["seconds"], limit["cpu_seconds"]
     naive_rows = rows[: args.naive_n]
     del rows  # the build does not run beside a heap of 100k parsed rows (the garbage collector walks it)
-    out["build"] = run_build(source, tokenizer, scratch / "ws")
-    seconds["build"], seconds["build_stage"] = out["build"]["seconds"], out["build"]["build_seconds"]
+    out["build"] = build = run_build(source, tokenizer, scratch / "ws")
+    seconds["build"], seconds["build_stage"] = build["seconds"], build["build_seconds"]
+    cpu["build"], cpu["build_stage"] = build["cpu_seconds"], build["build_cpu_seconds"]
     out["naive_n"] = len(naive_rows)
-    seconds["naive"] = naive_map(naive_rows, tokenizer)
+    timer = naive_map(naive_rows, tokenizer)
+    seconds["naive"], cpu["naive"] = timer.wall, timer.cpu
     seconds["naive_tokenizer_only"] = naive_tokenizer_seconds(naive_rows, tokenizer)
     out["load"]["end"] = load()
     return out, seeds, tokenizer
@@ -387,6 +411,17 @@ def rates(out: dict) -> dict:
         "build_vs_tokenizer_only": per_second["build"] / per_second["tokenizer_only"],
         "build_stage_vs_tokenizer_only": per_second["build_stage"] / per_second["tokenizer_only"],
     }
+    # the same ratios from CPU seconds a pair (all threads): what a quiet machine shows when both
+    # sides keep every core busy, or for the single-threaded naive side, 2 cores / 1 core of that
+    cpu, pairs = out["cpu_seconds"], {"naive": out["naive_n"]}
+    per_pair = {name: value / pairs.get(name, n) * 1e6 for name, value in cpu.items()}
+    out["cpu_us_per_pair"] = per_pair
+    out["cpu_ratios"] = {
+        "score_vs_kernel": per_pair["kernel"] / per_pair["score"],
+        "build_vs_naive": per_pair["naive"] / per_pair["build"],
+        "build_vs_tokenizer_only": per_pair["tokenizer_only"] / per_pair["build"],
+        "build_stage_vs_tokenizer_only": per_pair["tokenizer_only"] / per_pair["build_stage"],
+    }
     return out
 
 
@@ -397,7 +432,7 @@ def print_result(console, out: dict) -> None:
     table = Table(
         title=f"Pipeline throughput ({out['data'].split(' ')[0]} data, {out['cpu_count']} CPU cores)"
     )
-    for column in ("stage", "pairs", "seconds", "pairs/s", "ratio"):
+    for column in ("stage", "pairs", "seconds", "pairs/s", "ratio", "CPU µs/pair"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     rows = [
         ("1 raw cpdist kernel", "kernel", n, "1.00x kernel"),
@@ -423,9 +458,16 @@ def print_result(console, out: dict) -> None:
         ("4 naive Dataset.map", "naive", out["naive_n"], "1.0x naive"),
         ("5 tokenizer only (the limit)", "tokenizer_only", n, "1.00x limit"),
     ]
+    per_pair = out.get("cpu_us_per_pair", {})
     for label, key, pairs, text in rows:
-        table.add_row(label, f"{pairs:,}", f"{seconds[key]:.2f}", f"{speed[key]:,.0f}", text)
+        cpu = f"{per_pair[key]:,.0f}" if key in per_pair else ""
+        table.add_row(label, f"{pairs:,}", f"{seconds[key]:.2f}", f"{speed[key]:,.0f}", text, cpu)
     console.print(table)
+    if "cpu_ratios" in out:
+        console.print(
+            "from CPU time: "
+            + ", ".join(f"{name.replace('_', ' ')} {value:.2f}x" for name, value in out["cpu_ratios"].items())
+        )
     build = out["build"]
     console.print(
         f"build: ingest {build['ingest_seconds']:.1f} s + score/curate/tokenise/shard {build['build_seconds']:.1f} s; "
