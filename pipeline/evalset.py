@@ -217,13 +217,21 @@ class Overlap:
 def training_prompts(dataset_dir: Path, split: str = "train") -> tuple[set[str], set[str]]:
     """(pair ids, prompt keys) of a dataset version's training split, from its pairs.parquet (empty
     sets when the version has none: a dataset written outside a build)."""
-    path = dataset_dir / "pairs.parquet"
-    if not path.is_file():
+    table = _pairs_columns(dataset_dir / "pairs.parquet")
+    if table is None:
         return set(), set()
-    table = pl.from_arrow(pq.read_table(path, columns=["pair_id", "prompt", "split"]))
     table = table.filter(pl.col("split") == split)
     keys = {prompt_key(prompt) for prompt in table.get_column("prompt").to_list()}
     return set(table.get_column("pair_id").to_list()), keys
+
+
+def _pairs_columns(path: Path) -> pl.DataFrame | None:
+    """pair_id, prompt and split of a dataset's pairs.parquet; None when it has no such file or columns
+    (a dataset written outside a build): nothing to check against."""
+    columns = ["pair_id", "prompt", "split"]
+    if not path.is_file() or not set(columns) <= set(pq.read_schema(path).names):
+        return None
+    return pl.from_arrow(pq.read_table(path, columns=columns))
 
 
 def overlap(
@@ -245,10 +253,9 @@ def overlap(
 
 def eval_prompt_keys(dataset_dir: Path, split: str, pair_ids: Iterable[str]) -> list[str]:
     """The prompt keys of a dataset split's pairs (for a preference eval set's overlap check)."""
-    path = dataset_dir / "pairs.parquet"
-    if not path.is_file():
+    table = _pairs_columns(dataset_dir / "pairs.parquet")
+    if table is None:
         return []
     wanted = set(pair_ids)
-    table = pl.from_arrow(pq.read_table(path, columns=["pair_id", "prompt", "split"]))
     table = table.filter((pl.col("split") == split) & pl.col("pair_id").is_in(list(wanted)))
     return [prompt_key(prompt) for prompt in table.get_column("prompt").to_list()]
