@@ -167,7 +167,10 @@ def test_refresh_retrains_only_on_new_data(prefect_server, shared_data: Path, tm
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[third["flow_run_id"]]))
         )
     by_key = {a.key: a for a in artifacts}
-    assert set(by_key) == {"dpop-funnel", "dpop-summary"}
+    assert set(by_key) == {"dpop-funnel", "dpop-summary", "dpop-gate"}  # the new model met the gate
+    gate = by_key["dpop-gate"].data
+    gate = json.loads(gate) if isinstance(gate, str) else gate
+    assert gate and {row["outcome"] for row in gate} <= {"promoted", "refused", "kept", "disabled"}
     funnel = (
         json.loads(by_key["dpop-funnel"].data)
         if isinstance(by_key["dpop-funnel"].data, str)

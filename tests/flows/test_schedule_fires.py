@@ -173,7 +173,7 @@ def scheduler_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
 def _serve_command(ws: Workspace, base: Path, name: str, cron: str) -> list[str]:
     """`dpop serve` as a user runs it, with a one-step training config."""
     config = ws.root.parent / "dpop.yaml"
-    config.write_text(yaml.safe_dump({"training": TRAINING}), encoding="utf-8")
+    config.write_text(yaml.safe_dump({"training": TRAINING, "losses": ["dpop:50"]}), encoding="utf-8")
     return [
         sys.executable, "-m", "flows.cli", "serve", "--cron", cron, "--name", name, "-w", str(ws.root),
         "--input", str(ws.root.parent / "data"), "--model", str(base), "--config", str(config),

@@ -119,10 +119,13 @@ def test_a_damaged_catalog_fails_every_command_in_one_line_then_rebuild_mends_it
     data.write_text(json.dumps({"prompt": "2 + 2?", "chosen": "4", "rejected": "5"}) + "\n")
     [ingested] = ingest_source(data, ws)
     ws.catalog_path.write_bytes(b"\0" * 10_000)
+    # A new file: ingesting the same file again is a reused stage, which reads and writes no catalog.
+    fresh = tmp_path / "more.jsonl"
+    fresh.write_text(json.dumps({"prompt": "3 + 3?", "chosen": "6", "rejected": "7"}) + "\n")
     commands = [
         ["sql", "SELECT count(*) FROM sources"],
         ["lineage", f"pairs-{ingested.ingest_id}"],
-        ["ingest", str(data)],
+        ["ingest", str(fresh)],
     ]
     for command in commands:
         result = _dpop(*command, "-w", str(ws.root))
@@ -133,11 +136,15 @@ def test_a_damaged_catalog_fails_every_command_in_one_line_then_rebuild_mends_it
 
     rebuilt = _dpop("catalog", "rebuild", "-w", str(ws.root))
     assert rebuilt.exit_code == 0, rebuilt.output
-    assert "3 artefacts, 2 edges" in rebuilt.output and "catalog.duckdb.corrupt-" in rebuilt.output
+    # both ingests: the second one finished its files before its catalog write failed
+    assert "from 2 records: 6 artefacts, 4 edges" in rebuilt.output, rebuilt.output
+    assert "catalog.duckdb.corrupt-" in rebuilt.output
     [aside] = Path(ws.root).glob("catalog.duckdb.corrupt-*")
     assert aside.read_bytes() == b"\0" * 10_000
-    after = _dpop("sql", "SELECT source_uri, rows FROM sources", "-w", str(ws.root), "-f", "csv")
-    assert after.output.splitlines() == ["source_uri,rows", f"{ingested.source_uri},1"]
+    after = _dpop(
+        "sql", "SELECT source_uri, rows FROM sources ORDER BY source_uri", "-w", str(ws.root), "-f", "csv"
+    )
+    assert after.output.splitlines() == ["source_uri,rows", f"{fresh.as_uri()},1", f"{ingested.source_uri},1"]
     lineage = _dpop("lineage", f"pairs-{ingested.ingest_id}", "-w", str(ws.root))
     assert lineage.exit_code == 0 and "pairs.jsonl" in lineage.output
 
