@@ -5,7 +5,7 @@
 Needs a workspace where the default demo ran (`dpop run -w DIR`; run first when the folder is absent).
 Times the no-op `dpop run -w DIR` as a user runs it (a fresh process each time; the median of
 `--repeats`), then its parts: the interpreter alone, importing the CLI, and, in this process, the same
-steps `dpop run` takes: the command line to its `ChainSpec` (`flows.commands.run.chain_spec`: paths and
+steps `dpop run` takes: the command line to its `ChainSpec` (`cli.commands.run.chain_spec`: paths and
 the raw dpop.yaml, the spec every entry point builds), the probe (`flows.chain.probe`: the ingest stages
 hash their files, every other stage's record is read) and the summary. Checks that neither Prefect nor
 torch was imported. Writes benchmarks/results/bench_noop.json.
@@ -39,8 +39,8 @@ def wall(command: list[str], repeats: int) -> float:
 def in_process(workspace: Path) -> dict[str, float]:
     """The steps of the no-op `dpop run`, timed in this process."""
     steps, started = {}, time.perf_counter()
+    from cli.commands.run import chain_spec
     from flows.chain import probe, summary
-    from flows.commands.run import chain_spec
     from pipeline.workspace import Workspace
 
     steps["imports of the run path"] = time.perf_counter() - started
@@ -68,14 +68,14 @@ def main() -> None:
     parser.add_argument("--workspace", type=Path, default=ROOT / ".bench-noop-workspace")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    dpop = [sys.executable, "-m", "flows.cli", "run", "-w", str(args.workspace)]
+    dpop = [sys.executable, "-m", "cli.main", "run", "-w", str(args.workspace)]
     if not (args.workspace / "runs").is_dir():
         subprocess.run(dpop, cwd=ROOT, check=True)  # the default demo, once
     results = {
         "no-op dpop run (fresh process)": wall(dpop, args.repeats),
         "python -c pass": wall([sys.executable, "-c", "pass"], args.repeats),
-        "import flows.cli (the CLI and its commands)": wall(
-            [sys.executable, "-c", "import flows.cli"], args.repeats
+        "import cli.main (the CLI and its commands)": wall(
+            [sys.executable, "-c", "import cli.main"], args.repeats
         ),
         **in_process(args.workspace),
     }

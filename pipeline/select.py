@@ -20,7 +20,7 @@ seed. Conservation is checked: parent rows = kept + not_selected, and the funnel
 The stage's id is `<parent id>-sel-<hash>` of the parent, the models and log-prob tables it read, and the
 config (`SelectionConfig`); its inputs give the lineage edges: `selected_from` the parent,
 `reference_model` / `probe_model` the models, `scored_with` the log-prob tables. No torch here: the
-log-probs are computed before (`dpop.model_logps`), the CLI (`flows/commands/select.py`) runs both.
+log-probs are computed before (`dpop.model_logps`), the CLI (`cli/commands/select.py`) runs both.
 """
 
 from __future__ import annotations

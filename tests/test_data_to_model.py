@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app
 from flows.chain import TRAINED, UP_TO_DATE
-from flows.cli import app
 from pipeline.lineage import training_rows
 from pipeline.sql import query
 from pipeline.workspace import Workspace

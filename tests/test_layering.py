@@ -1,7 +1,8 @@
 """The layering of docs/architecture.md, checked on what each layer actually imports: `pipeline` never
 loads torch or prefect (data work starts fast and runs where no GPU is), `dpop` and `demo` never load
 prefect (the trainer runs under `accelerate launch` / `torchrun` on its own), and neither `pipeline`
-nor `dpop` loads the embedded demo (`demo` sits above them, below `flows`)."""
+nor `dpop` loads the embedded demo (`demo` sits above them, below `flows`); `flows` never loads the
+command line (`cli`, the top layer)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def _loaded_after_import(modules: list[str], forbidden: list[str]) -> list[str]:
         ("pipeline", ["torch", "prefect", "demo"]),
         ("dpop", ["prefect", "demo"]),
         ("demo", ["prefect"]),
+        ("flows", ["cli.main", "cli.commands"]),
     ],
 )
 def test_layer_does_not_load_forbidden_libraries(package, forbidden):

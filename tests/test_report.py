@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from pipeline.report import build_report, gather
 from pipeline.report.compare import summarise
 from pipeline.report.inspector import N_DROPS, N_LOWEST, TokenText

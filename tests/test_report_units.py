@@ -279,8 +279,8 @@ def test_the_funnel_axis_fits_its_data(tmp_path: Path) -> None:
 
 
 def test_dpop_run_compares_dpop_with_dpo_by_default(tmp_path: Path) -> None:
+    from cli.commands.run import chain_spec
     from demo.defaults import compared_losses, load_run_config
-    from flows.commands.run import chain_spec
 
     flags = dict.fromkeys(("n", "steps", "sft_steps", "seed"))
     spec = chain_spec(None, None, None, flags, None, False)

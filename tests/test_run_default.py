@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from pipeline.catalog import Catalog
 from pipeline.workspace import Workspace
 
@@ -22,7 +22,7 @@ def _dpop(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     the workspace (no PREFECT_HOME / PREFECT_API_URL from the caller), a wide terminal for rich."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "OPENLINEAGE"))}
     env.update(COLUMNS="250", DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    command = [sys.executable, "-m", "flows.cli", *args]
+    command = [sys.executable, "-m", "cli.main", *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -7,7 +7,7 @@ import json
 import pyarrow as pa
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from pipeline.shards import write_manifest
 from tests.dpop.conftest import write_dataset
 

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from cli.main import app
 from dpop.config import TrainConfig
 from dpop.data import ShardDataset
 from dpop.evaluate import (
@@ -30,7 +31,6 @@ from dpop.evaluate import (
 from dpop.model_io import load_causal_lm, model_id
 from dpop.refs import compute_reference_logps
 from dpop.train import train
-from flows.cli import app
 from pipeline.catalog import Catalog
 from pipeline.contracts import validate
 from pipeline.shards import load_manifest, shard_schema
@@ -165,7 +165,7 @@ def test_the_trainers_evaluation_and_the_stage_agree(workspace, tiny_model_dir, 
     )
 
     # `dpop eval` with nothing but the model and the dataset: the run's reference, β and precision
-    from flows.commands._common import console
+    from cli.commands._common import console
 
     monkeypatch.setattr(console, "width", 250)  # the table whole, as a wide terminal shows it
     cli = CliRunner().invoke(

@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from cli.main import app
 from dpop.model_io import PickledWeightsError, load_causal_lm
 from dpop.refs import compute_reference_logps
 from dpop.sft import Example, warm_up
-from flows.cli import app
 from pipeline.catalog import Catalog
 from pipeline.shards import load_manifest
 from tests.dpop.conftest import write_dataset

@@ -8,7 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from pipeline.build import build_dataset
 from pipeline.ingest import ingest_source
 from pipeline.manifest import load as load_manifest

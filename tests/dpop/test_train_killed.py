@@ -24,7 +24,7 @@ MAX_STEPS, SAVE_STEPS, LOGGING_STEPS = 150, 5, 5
 
 def dpop(*args: object, **popen: object) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    command = [sys.executable, "-m", "flows.cli", *map(str, args)]
+    command = [sys.executable, "-m", "cli.main", *map(str, args)]
     return subprocess.Popen(command, cwd=REPO, env=env, text=True, **popen)
 
 

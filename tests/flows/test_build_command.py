@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from pipeline.ingest import ingest_source
 from pipeline.shards import load_manifest
 from pipeline.workspace import Workspace

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from tests.pipeline._export_data import build_small_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,7 +61,7 @@ def test_bad_format_is_refused_by_the_option_itself(small, tmp_path):
 
 def test_push_while_offline_is_one_line_after_a_complete_export(small, tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "flows.cli", "export", small.dataset_id, "--out", str(out)]
+    command = [sys.executable, "-m", "cli.main", "export", small.dataset_id, "--out", str(out)]
     command += ["--push-to-hub", "someone/prefs", "-w", str(small.workspace.root)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
+from cli.main import app
 from demo.defaults import DEFAULT_CONFIG_YAML, load_run_config
-from flows.cli import app
 
 
 def test_init_writes_a_commented_config_that_loads(tmp_path: Path) -> None:

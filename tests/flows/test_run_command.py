@@ -16,7 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from pipeline.stage import iter_records
 from pipeline.workspace import Workspace
 
@@ -70,8 +70,8 @@ def test_a_mistyped_path_is_no_such_file_not_a_hub_error(tmp_path: Path, monkeyp
 
 @pytest.mark.slow
 def test_every_entry_point_gives_the_same_ids(prefect_server, inputs, tmp_path: Path) -> None:
-    from flows.commands.run import chain_spec
-    from flows.commands.serve import deployment
+    from cli.commands.run import chain_spec
+    from cli.commands.serve import deployment
     from flows.data_to_model import data_to_model_flow
 
     data, config = inputs
@@ -108,7 +108,7 @@ def test_an_up_to_date_run_starts_neither_prefect_nor_torch(inputs, tmp_path: Pa
     config.write_text(yaml.safe_dump({k: v for k, v in TINY.items() if k != "losses"}), encoding="utf-8")
     args = ["run", "--input", str(data), "--config", str(config), "-w", str(tmp_path / "ws")]
     assert CliRunner().invoke(app, [*args, "--engine", "direct"]).exit_code == 0
-    command = [sys.executable, "-X", "importtime", "-m", "flows.cli", *args]
+    command = [sys.executable, "-X", "importtime", "-m", "cli.main", *args]
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "250"}
     # The probe keys on the stages' code: where it changed meanwhile (a shared checkout), the run goes the
     # full way, finds every stage done and remembers their ids for this code; the next run is the probe.
@@ -136,7 +136,7 @@ def test_ctrl_c_says_how_to_resume_and_rerunning_does(inputs, tmp_path: Path) ->
     command = [
         sys.executable,
         "-m",
-        "flows.cli",
+        "cli.main",
         "run",
         "--input",
         str(data),

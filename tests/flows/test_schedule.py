@@ -8,9 +8,9 @@ import socket
 import pytest
 from typer.testing import CliRunner
 
+from cli.commands.serve import deployment
+from cli.main import app
 from flows.chain import ChainSpec
-from flows.cli import app
-from flows.commands.serve import deployment
 
 
 def test_deployment_registers_with_cron_schedule(prefect_server, tmp_path):

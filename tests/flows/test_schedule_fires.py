@@ -175,7 +175,7 @@ def _serve_command(ws: Workspace, base: Path, name: str, cron: str) -> list[str]
     config = ws.root.parent / "dpop.yaml"
     config.write_text(yaml.safe_dump({"training": TRAINING, "losses": ["dpop:50"]}), encoding="utf-8")
     return [
-        sys.executable, "-m", "flows.cli", "serve", "--cron", cron, "--name", name, "-w", str(ws.root),
+        sys.executable, "-m", "cli.main", "serve", "--cron", cron, "--name", name, "-w", str(ws.root),
         "--input", str(ws.root.parent / "data"), "--model", str(base), "--config", str(config),
     ]  # fmt: skip
 

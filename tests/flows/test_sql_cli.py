@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.commands._common import console
-from flows.commands.sql import CELL_CHARS, _cell, column_widths
+from cli.commands._common import console
+from cli.commands.sql import CELL_CHARS, _cell, column_widths
+from cli.main import app
 from pipeline.ingest import ingest_source
 from pipeline.workspace import Workspace
 

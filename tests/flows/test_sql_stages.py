@@ -13,8 +13,8 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from cli.main import app
 from demo.synth_math import write_math_pairs
-from flows.cli import app
 from pipeline.sql import query
 from pipeline.workspace import Workspace
 from tests.pipeline.test_catalog_rebuild import views_snapshot

@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from pipeline.ingest import latest_ingests
 from pipeline.workspace import Workspace
 

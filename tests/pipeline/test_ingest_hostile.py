@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from pipeline.catalog import Catalog
 from pipeline.identity import file_sha256
 from pipeline.ingest import FORMATS, IngestError, IngestOptions, ingest_source, latest_ingests

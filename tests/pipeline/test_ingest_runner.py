@@ -97,7 +97,7 @@ def test_hub_name_offline_fails_with_one_clear_line(tmp_path):
         [
             sys.executable,
             "-m",
-            "flows.cli",
+            "cli.main",
             "ingest",
             "someone/no-such-dataset",
             "--workspace",

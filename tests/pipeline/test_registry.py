@@ -8,7 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from pipeline.catalog_rebuild import rebuild_catalog
 from pipeline.registry import REGISTRY_FILE, Registry, RegistryError
 from pipeline.sql import query

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands._common import WorkspaceOption, clean_errors, console, err_console
+from cli.commands._common import WorkspaceOption, clean_errors, console, err_console
 
 CANONICAL_FIELDS = ("prompt", "chosen", "rejected", "system", "chosen_score", "rejected_score")
 
@@ -60,7 +60,7 @@ def ingest(
     with clean_errors():
         from rich.table import Table
 
-        from flows.commands._workspace import writable_workspace
+        from cli.commands._workspace import writable_workspace
         from pipeline.ingest import FORMATS, IngestOptions, ingest_source
 
         if fmt is not None and fmt not in FORMATS:

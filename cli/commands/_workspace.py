@@ -23,7 +23,7 @@ def writable_workspace(path: Path | None) -> Workspace:
     """Open (creating it if needed) the workspace a command writes to, after removing what killed
     commands left half-written: `.tmp-*` files and folders whose writer process is gone. Temporaries
     of commands still running (in this workspace at the same time) are left alone."""
-    from flows.commands._common import err_console
+    from cli.commands._common import err_console
 
     workspace = Workspace.open(path)
     swept = sweep_temporaries(workspace.root)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands._common import WorkspaceOption, clean_errors, console
+from cli.commands._common import WorkspaceOption, clean_errors, console
 
 DatasetOption = Annotated[
     str,
@@ -45,9 +45,9 @@ def logps(
     """Compute the summed log-probs of chosen and rejected under MODEL for every pair of the dataset;
     print how many were computed and how many came from the cache, and the log-probs table's id."""
     with clean_errors():
+        from cli.commands._workspace import writable_workspace
         from dpop.model_io import Precision
         from dpop.model_logps import compute_model_logps
-        from flows.commands._workspace import writable_workspace
 
         precision = Precision(dtype, None if autocast == "none" else autocast)
         record = compute_model_logps(writable_workspace(workspace), dataset, model, precision, batch_size)

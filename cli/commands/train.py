@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands._common import WorkspaceOption, clean_errors, console
+from cli.commands._common import WorkspaceOption, clean_errors, console
 
 
 def train(
@@ -49,9 +49,9 @@ def train(
     The run id is a hash of the dataset, the model, the reference and the training config: the same
     command again reuses the finished run, and a run that was killed continues from its last checkpoint."""
     with clean_errors():
+        from cli.commands._workspace import writable_workspace
         from dpop.config import TrainConfig
         from dpop.train import train as run_training
-        from flows.commands._workspace import writable_workspace
 
         base = TrainConfig.from_yaml(config) if config else TrainConfig()
         train_config = base.with_overrides(

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands._common import WorkspaceOption, clean_errors, console
+from cli.commands._common import WorkspaceOption, clean_errors, console
 
 
 class ExportFormat(str, Enum):
@@ -57,7 +57,7 @@ def export(
 ) -> None:
     """Export the kept pairs of a dataset version (train/test splits) with a dataset card (README.md)."""
     with clean_errors():
-        from flows.commands._workspace import existing_workspace
+        from cli.commands._workspace import existing_workspace
         from pipeline.export import export_dataset, push_export
 
         ws = existing_workspace(workspace)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands._common import WorkspaceOption, clean_errors, console
+from cli.commands._common import WorkspaceOption, clean_errors, console
 
 
 def report(
@@ -34,7 +34,7 @@ def report(
     """Write the report: index.html, inspector.html and PNG figures, in one self-contained folder. Runs
     that share no dataset are refused."""
     with clean_errors():
-        from flows.commands._workspace import writable_workspace
+        from cli.commands._workspace import writable_workspace
         from pipeline.report import build_report
 
         with console.status("drawing the figures"):

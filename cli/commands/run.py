@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.commands._common import WorkspaceOption, clean_errors, console
+from cli.commands._common import WorkspaceOption, clean_errors, console
 
 
 def option(kind: Any, *names: str, **settings: Any) -> Any:
@@ -206,8 +206,8 @@ def run(
 
 
 def _up_to_date(spec: Any, workspace: Any) -> dict[str, Any] | None:
+    from cli.commands._workspace import writable_workspace
     from flows.chain import probe, summary
-    from flows.commands._workspace import writable_workspace
 
     result = probe(writable_workspace(workspace), spec)
     return None if result is None else {**summary(result), "via": "probe: every stage up to date"}

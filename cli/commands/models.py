@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.commands._common import WorkspaceOption, clean_errors, console
+from cli.commands._common import WorkspaceOption, clean_errors, console
 
 app = typer.Typer(
     help="Models, their aliases (champion, candidate, …) and eval metrics.", no_args_is_help=False
@@ -149,7 +149,7 @@ def resolve_model(ws: Any, model: str) -> tuple[str, str | None]:
 
 
 def _workspace(workspace: Path | None) -> Any:
-    from flows.commands._workspace import writable_workspace
+    from cli.commands._workspace import writable_workspace
 
     return writable_workspace(workspace)
 

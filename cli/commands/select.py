@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.commands._common import WorkspaceOption, clean_errors, console
-from flows.commands.logps import AutocastOption, DatasetOption, DtypeOption
+from cli.commands._common import WorkspaceOption, clean_errors, console
+from cli.commands.logps import AutocastOption, DatasetOption, DtypeOption
 
 
 def select(
@@ -73,7 +73,7 @@ def select(
     """Score every pair with a rule, keep the best (--keep / --keep-n, per-source --mix or --quotas), write
     them as a new dataset version; print what was kept and dropped and, on the last line, its id."""
     with clean_errors():
-        from flows.commands._workspace import writable_workspace
+        from cli.commands._workspace import writable_workspace
         from pipeline.select import load_selection_config, select_dataset
 
         ws = writable_workspace(workspace)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands._common import clean_errors, console
+from cli.commands._common import clean_errors, console
 
 
 def tiny(

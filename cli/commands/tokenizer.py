@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands._common import WorkspaceOption, clean_errors, console
+from cli.commands._common import WorkspaceOption, clean_errors, console
 
 
 def train_tokenizer(
@@ -21,8 +21,8 @@ def train_tokenizer(
 ) -> None:
     """Train the tiny byte-level BPE tokenizer (with a chat template) on the ingested pairs."""
     with clean_errors():
+        from cli.commands._workspace import writable_workspace
         from demo.tiny_tokenizer import tokenizer_texts_from_pairs, train_tiny_tokenizer
-        from flows.commands._workspace import writable_workspace
         from pipeline.ingest import latest_ingests
 
         ws = writable_workspace(workspace)

@@ -1,4 +1,4 @@
-"""The `dpop` command line. Each module in `flows/commands/` defines `register(app)` and adds its
+"""The `dpop` command line. Each module in `cli/commands/` defines `register(app)` and adds its
 commands; heavy libraries are imported inside the commands so `dpop --help` stays fast."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pkgutil
 
 import typer
 
-import flows.commands
+import cli.commands
 
 app = typer.Typer(
     name="dpop",
@@ -18,10 +18,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module_info in sorted(pkgutil.iter_modules(flows.commands.__path__), key=lambda m: m.name):
+for module_info in sorted(pkgutil.iter_modules(cli.commands.__path__), key=lambda m: m.name):
     if module_info.name.startswith("_"):
         continue
-    importlib.import_module(f"flows.commands.{module_info.name}").register(app)
+    importlib.import_module(f"cli.commands.{module_info.name}").register(app)
 
 
 if __name__ == "__main__":

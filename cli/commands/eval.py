@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.commands._common import WorkspaceOption, clean_errors, console
+from cli.commands._common import WorkspaceOption, clean_errors, console
 
 # (metric, column title, format) of the printed table
 COLUMNS = (
@@ -89,8 +89,8 @@ def eval_command(
     edit-ratio quartile and per source; the eval id last (files: <workspace>/evals/<eval id>/).
     With --generate / --eval-file: greedy answers, exact match of the final answer, per source."""
     with clean_errors():
+        from cli.commands._workspace import writable_workspace
         from dpop.evaluate import evaluate, read_metrics
-        from flows.commands._workspace import writable_workspace
 
         ws = writable_workspace(workspace)
         run = _training_run(model)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from flows.commands._common import WorkspaceOption, clean_errors, console, err_console
-from flows.commands._workspace import existing_workspace
+from cli.commands._common import WorkspaceOption, clean_errors, console, err_console
+from cli.commands._workspace import existing_workspace
 
 catalog_app = typer.Typer(help="The workspace catalog (catalog.duckdb).", no_args_is_help=True)
 

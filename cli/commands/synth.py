@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands._common import clean_errors, console
+from cli.commands._common import clean_errors, console
 
 synth_app = typer.Typer(help="Generate synthetic preference pairs.", no_args_is_help=True)
 

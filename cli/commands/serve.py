@@ -14,8 +14,8 @@ from typing import Any
 
 import typer
 
-from flows.commands import run as r
-from flows.commands._common import WorkspaceOption, clean_errors, console
+from cli.commands import run as r
+from cli.commands._common import WorkspaceOption, clean_errors, console
 
 DEFAULT_NAME = "nightly"
 

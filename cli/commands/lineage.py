@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.commands._common import WorkspaceOption, clean_errors, console
-from flows.commands._workspace import existing_workspace
+from cli.commands._common import WorkspaceOption, clean_errors, console
+from cli.commands._workspace import existing_workspace
 
 
 class LineageFormat(str, Enum):

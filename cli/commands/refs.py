@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands._common import WorkspaceOption, clean_errors, console
+from cli.commands._common import WorkspaceOption, clean_errors, console
 
 
 def refs(
@@ -40,9 +40,9 @@ def refs(
     """Compute ref_chosen_logps / ref_rejected_logps with the reference model, in the precision the policy
     will train in (--dtype, --autocast); print the new dataset id."""
     with clean_errors():
+        from cli.commands._workspace import writable_workspace
         from dpop.model_io import Precision
         from dpop.refs import compute_reference_logps
-        from flows.commands._workspace import writable_workspace
 
         precision = Precision(dtype, None if autocast == "none" else autocast)
         new_id = compute_reference_logps(

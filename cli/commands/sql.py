@@ -10,8 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.commands._common import WorkspaceOption, clean_errors, console
-from flows.commands._workspace import existing_workspace
+from cli.commands._common import WorkspaceOption, clean_errors, console
+from cli.commands._workspace import existing_workspace
 
 CELL_CHARS = 200  # longest text a table cell holds before the terminal width cuts it further
 FIT_COLUMN = 12  # the width a column needs to be worth showing; wider text is cut with an ellipsis

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands._common import WorkspaceOption, clean_errors, console
+from cli.commands._common import WorkspaceOption, clean_errors, console
 
 HISTOGRAM_BINS = 10
 BAR_WIDTH = 40
@@ -29,7 +29,7 @@ def build(
 ) -> None:
     """Score, curate, split, tokenise and shard the latest ingests; print the funnel and the dataset id."""
     with clean_errors():
-        from flows.commands._workspace import writable_workspace
+        from cli.commands._workspace import writable_workspace
         from pipeline.build import build_dataset
 
         ws = writable_workspace(workspace)
