@@ -139,36 +139,36 @@ def validate(table: pa.Table, contract: Contract | str) -> None:
         _check_constraints(where, column, values)
 
 
+# Each row-level constraint a contract may declare: the mask of rows that break it (nulls pass: nullability
+# is checked on its own), and how the error describes the first such row.
+_ROW_CHECKS = {
+    "pattern": (
+        lambda v, arg: pc.invert(pc.match_substring_regex(v, arg)),
+        "breaks pattern {arg}: {value!r}",
+    ),
+    "allowed": (
+        lambda v, arg: pc.invert(pc.is_in(v, value_set=pa.array(arg, type=v.type))),
+        "breaks allowed values {arg}: {value!r}",
+    ),
+    "min": (lambda v, arg: pc.less(v, arg), "is below {arg}"),
+    "max": (lambda v, arg: pc.greater(v, arg), "is above {arg}"),
+    "min_length": (lambda v, arg: pc.less(pc.list_value_length(v), arg), "has fewer than {arg} items"),
+}
+
+
 def _check_constraints(where: str, column: Column, values: pa.ChunkedArray) -> None:
     checks = column.constraints
     if not checks or len(values) == 0:
         return
-    bad = None
-    if "pattern" in checks:
-        bad = pc.invert(pc.match_substring_regex(values, checks["pattern"]))
-        rule = f"pattern {checks['pattern']}"
-    if bad is None and "allowed" in checks:
-        bad = pc.invert(pc.is_in(values, value_set=pa.array(checks["allowed"], type=values.type)))
-        rule = f"allowed values {checks['allowed']}"
-    if bad is not None and pc.any(pc.fill_null(bad, False)).as_py():
-        row = _first_bad_row(bad)
-        raise ContractError(
-            f"{where}: column {column.name!r} row {row} breaks {rule}: {values[row].as_py()!r}"
-        )
-    if "min" in checks and pc.any(pc.less(values, checks["min"])).as_py():
-        row = _first_bad_row(pc.less(values, checks["min"]))
-        raise ContractError(f"{where}: column {column.name!r} row {row} is below {checks['min']}")
-    if "max" in checks and pc.any(pc.greater(values, checks["max"])).as_py():
-        row = _first_bad_row(pc.greater(values, checks["max"]))
-        raise ContractError(f"{where}: column {column.name!r} row {row} is above {checks['max']}")
-    if "min_length" in checks:
-        short = pc.less(pc.list_value_length(values), checks["min_length"])
-        if pc.any(short).as_py():
-            row = _first_bad_row(short)
-            raise ContractError(
-                f"{where}: column {column.name!r} row {row} has fewer than {checks['min_length']} items"
-            )
-    if "roles" in checks:
+    for name, (broken, message) in _ROW_CHECKS.items():
+        if name not in checks:
+            continue
+        bad = pc.fill_null(broken(values, checks[name]), False)
+        if pc.any(bad).as_py():
+            row = _first_bad_row(bad)
+            said = message.format(arg=checks[name], value=values[row].as_py())
+            raise ContractError(f"{where}: column {column.name!r} row {row} {said}")
+    if "roles" in checks:  # a list of messages: checked on the flattened messages, a null role is unknown
         roles = pc.struct_field(pc.list_flatten(values), "role")
         unknown = pc.invert(pc.is_in(roles, value_set=pa.array(checks["roles"])))
         if pc.any(pc.fill_null(unknown, True)).as_py():

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import duckdb
 import polars as pl
 
-from pipeline.curate.config import Bounds, ConfigError, CurationConfig
+from pipeline.curate.config import Bounds, ConfigError, CurationConfig, Filters
 
 PROMPT_KEY = "_prompt_key"  # internal column: identity.prompt_key of the pair's prompt
 ORDER = "_order"  # internal column: global input order (source file order, then row)
@@ -119,13 +119,29 @@ def _bounds_text(bounds: Bounds) -> str:
 def build_filters(config: CurationConfig, contamination_mask: Callable | None = None) -> list[Filter]:
     """The configured filters, in the order they run (row filters first, then global ones)."""
     options = config.filters
-    filters: list[Filter] = []
+    return [
+        *_text_filters(options),
+        *_length_filters(options),
+        *_score_filters(options),
+        *_user_filters(options),
+        *_contamination_filters(options, contamination_mask),
+        *_global_filters(options),
+    ]
+
+
+def _text_filters(options: Filters) -> list[Filter]:
+    filters = []
     if options.empty_response:
         expr = (pl.col("chosen").str.strip_chars() == "") | (pl.col("rejected").str.strip_chars() == "")
         filters.append(Filter("empty_response", "empty_response", "chosen or rejected is empty", expr))
     if options.identical_responses:
         expr = pl.col("chosen").str.strip_chars() == pl.col("rejected").str.strip_chars()
         filters.append(Filter("identical_responses", "identical_responses", "chosen equals rejected", expr))
+    return filters
+
+
+def _length_filters(options: Filters) -> list[Filter]:
+    filters = []
     if options.max_chars.prompt is not None:
         limit = options.max_chars.prompt
         expr = pl.col("len_prompt_chars") > limit
@@ -140,12 +156,22 @@ def build_filters(config: CurationConfig, contamination_mask: Callable | None = 
         expr = longer / shorter > options.length_ratio
         detail = f"longer response over {options.length_ratio:g}x the shorter (characters)"
         filters.append(Filter("length_ratio", "length_ratio", detail, expr))
+    return filters
+
+
+def _score_filters(options: Filters) -> list[Filter]:
+    filters = []
     for name in ("edit_distance", "edit_ratio", "score_margin"):
         bounds = getattr(options, name)
         expr = _bounds_expr(name, bounds)
         if expr is not None:
             # a pair without scores has a null margin: the predicate is null and the pair is kept
             filters.append(Filter(name, name, f"{name} outside {_bounds_text(bounds)}", expr))
+    return filters
+
+
+def _user_filters(options: Filters) -> list[Filter]:
+    filters = []
     for user in options.user:
         if user.drop_where is not None:
             sql, detail = user.drop_where, f"{user.name}: drop where {user.drop_where}"
@@ -155,10 +181,20 @@ def build_filters(config: CurationConfig, contamination_mask: Callable | None = 
                 f"{user.name}: keep where {user.keep_where}",
             )
         filters.append(Filter(f"user.{user.name}", "user_filter", detail, sql=sql))
-    if options.decontaminate is not None and contamination_mask is not None:
-        spec = options.decontaminate
-        detail = f"shares a {spec.n}-word n-gram with {spec.file}"
-        filters.append(Filter("decontaminate", "contaminated", detail, mask=contamination_mask))
+    return filters
+
+
+def _contamination_filters(options: Filters, contamination_mask: Callable | None) -> list[Filter]:
+    if options.decontaminate is None or contamination_mask is None:
+        return []
+    spec = options.decontaminate
+    detail = f"shares a {spec.n}-word n-gram with {spec.file}"
+    return [Filter("decontaminate", "contaminated", detail, mask=contamination_mask)]
+
+
+def _global_filters(options: Filters) -> list[Filter]:
+    """Filters that need every row of the dataset (a duplicate or a prompt's count spans partitions)."""
+    filters = []
     if options.duplicate_pair:
         expr = ~pl.col("pair_id").is_first_distinct()
         filters.append(
