@@ -24,6 +24,7 @@ COLUMNS = (
 )
 
 
+# Long only for its typer option declarations (one per flag, with its help); the body is short.
 def eval_command(
     workspace: WorkspaceOption = None,
     model: Annotated[

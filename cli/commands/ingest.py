@@ -29,6 +29,7 @@ def parse_column_map(text: str | None) -> dict[str, str]:
     return mapping
 
 
+# Long only for its typer option declarations (one per flag, with its help); the body is short.
 def ingest(
     sources: Annotated[
         list[str],

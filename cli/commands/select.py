@@ -13,6 +13,7 @@ from cli.commands._common import WorkspaceOption, clean_errors, console
 from cli.commands.logps import AutocastOption, DatasetOption, DtypeOption
 
 
+# Long only for its typer option declarations (one per flag, with its help); the body is short.
 def select(
     workspace: WorkspaceOption = None,
     dataset: DatasetOption = ...,

@@ -10,6 +10,7 @@ import typer
 from cli.commands._common import WorkspaceOption, clean_errors, console
 
 
+# Long only for its typer option declarations (one per flag, with its help); the body is short.
 def train(
     workspace: WorkspaceOption = None,
     dataset: Annotated[

@@ -239,6 +239,7 @@ def _title(data: ReportData) -> tuple[str, str]:
     )
 
 
+# Long because it is the page's HTML template, section by section; each section's content is its own function.
 def render(
     data: ReportData,
     summaries: Sequence[RunSummary],
