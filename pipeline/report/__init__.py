@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.atomic import atomic_dir
-from pipeline.report import inspector, lineage_graph, plots
+from pipeline.report import inspector, lineage_graph, plots, selection
 from pipeline.report.compare import RunSummary, group_rows, summarise
 from pipeline.report.data import ComparisonError, ReportData, comparison_id, gather
 from pipeline.report.page import render
@@ -64,6 +64,7 @@ def _images(data: ReportData, summaries: list[RunSummary], groups: dict, tmp: Pa
         "token_lengths": plots.token_lengths(
             dataset.token_lengths, tmp / "token_lengths.png", dataset.max_prompt_length
         ),
+        **selection.images(data.selections, tmp),
     }
 
 

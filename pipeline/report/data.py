@@ -104,6 +104,7 @@ class ReportData:
     lineage: list[dict[str, Any]]  # the runs' ancestry trees (pipeline.lineage)
     comparison_id: str | None
     notes: list[str] = field(default_factory=list)
+    selections: list[Any] = field(default_factory=list)  # pipeline.report.selection.SelectionView, once each
 
     @property
     def run(self) -> RunData:
@@ -427,7 +428,9 @@ def gather(ws: Workspace, run_ids: str | list[str], compare: bool = True) -> Rep
     lineage = [tree for r in runs if (tree := _lineage(ws, r.run_id, notes)) is not None]
     dataset = gather_dataset(ws, next((r.dataset_id for r in runs if r.dataset_id), None))
     cmp_id = comparison_id([r.run_id for r in runs]) if len(runs) > 1 else None
-    return ReportData(runs, dataset, lineage, cmp_id, notes)
+    from pipeline.report.selection import selections  # here: it imports modules that import this one
+
+    return ReportData(runs, dataset, lineage, cmp_id, notes, selections(ws, runs))
 
 
 def _name_runs(runs: list[RunData]) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from pipeline.report.compare import GroupRow, RunSummary
 from pipeline.report.data import ReportData, RunData
+from pipeline.report.selection import section as selection_sections
 from pipeline.report.text import Sentence
 
 CSS = """
@@ -295,6 +296,7 @@ evaluation on the eval pairs (buckets are quartiles of the eval pairs' edit rati
 <section id="funnel"><h2>Curation funnel</h2>
 {_image(images, "funnel", "curation funnel", "the dataset manifest has no funnel")}
 {_funnel_table(dataset.funnel) if dataset.funnel else ""}</section>
+{selection_sections(data.selections, images)}
 <section id="edit-ratio"><h2>Edit ratio per source</h2>
 <p class="muted">Low edit ratios (chosen and rejected differ by a few characters) are where DPO can lower the likelihood of the chosen answer.</p>
 {_image(images, "edit_ratio", "edit ratio histograms per source", "no scored pairs found for this dataset")}</section>
