@@ -151,7 +151,8 @@ def score_split(
     trust_remote_code: bool = False,
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> SplitScores:
-    """`model_path`'s log-probs of every row of `dataset`, one no-grad forward pass per batch."""
+    """`model_path`'s log-probs of every row of `dataset`, one no-grad forward pass per batch
+    (`progress(pairs done, pairs)` after each)."""
     import torch
 
     from dpop.logps import PairCollator, pair_logps
@@ -161,8 +162,9 @@ def score_split(
     chosen = np.zeros(len(dataset), np.float32)
     rejected = np.zeros(len(dataset), np.float32)
     tokens: list[np.ndarray] = [np.zeros(0, np.float32)] * len(dataset)
+    done, total = 0, sum(len(indices) for indices in batches)
     with torch.inference_mode():
-        for done, indices in enumerate(batches, start=1):
+        for indices in batches:
             batch = collate([dataset[int(index)] for index in indices])
             batch = {key: value.to(device) for key, value in batch.items()}
             result = pair_logps(forward, batch)
@@ -171,7 +173,8 @@ def score_split(
             per_sequence = _per_sequence(result.per_token, batch["score_sequence"], 2 * len(indices))
             for position, index in enumerate(indices):  # chosen sequences come first (dpop.logps)
                 tokens[int(index)] = per_sequence[position]
-            progress(done, len(batches))
+            done += len(indices)
+            progress(done, total)
     return SplitScores(chosen, rejected, tokens)
 
 
@@ -445,7 +448,8 @@ class PreferenceEvalStage(Stage):
         passes = 1 if self.model_artifact.id == self.reference_artifact.id else 2
 
         def score(path: Path, which: int) -> SplitScores:
-            report = lambda done, total: ctx.progress(done + which * total, passes * total, "eval")  # noqa: E731
+            model = ("policy", "reference")[which]
+            report = lambda done, total: ctx.progress(done, total, f"{model} model ({which + 1}/{passes})")  # noqa: E731
             return score_split(path, dataset, batches, self.precision, self.trust_remote_code, report)
 
         policy = score(self.model, 0)

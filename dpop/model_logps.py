@@ -24,6 +24,7 @@ rank by (`pipeline.select_rules`), without training on the whole set.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -108,12 +109,13 @@ def split_reference_logps(
     pad_token_id: int,
     batch_size: int,
     device: Any,
-    progress: bool = False,
+    progress: bool | Callable[[str, int, int], None] = False,
     token_budget: int = DEFAULT_TOKEN_BUDGET,
     rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Summed log-probs of chosen and rejected (float32) for the `rows` of `dataset` (default: every
-    row), in the order of `rows`."""
+    row), in the order of `rows`. `progress`: True shows a bar; a function is told (split, pairs done,
+    pairs) after each batch instead (a stage's `ctx.progress`, shown by the console)."""
     import torch
     from rich.progress import Progress
 
@@ -126,7 +128,8 @@ def split_reference_logps(
     # Longest first: similar lengths share a batch (little padding) and an out-of-memory shows at once.
     lengths = dataset.lengths()
     order = rows[np.argsort(-lengths[rows], kind="stable")]
-    with Progress(disable=not progress, transient=True) as bar, torch.inference_mode():
+    report, done = (progress if callable(progress) else None), 0
+    with Progress(disable=progress is not True, transient=True) as bar, torch.inference_mode():
         task = bar.add_task(f"log-probs ({dataset.name})", total=len(order))
         for indices in token_budget_batches(order, lengths, batch_size, token_budget):
             batch = collate([dataset[int(index)] for index in indices])
@@ -135,6 +138,9 @@ def split_reference_logps(
             chosen[indices] = result.chosen.float().cpu().numpy()
             rejected[indices] = result.rejected.float().cpu().numpy()
             bar.advance(task, len(indices))
+            done += len(indices)
+            if report is not None:
+                report(dataset.name, done, len(order))
     return chosen[rows], rejected[rows]
 
 
@@ -188,7 +194,7 @@ def dataset_logps(
     precision: Precision | str = "float32",
     batch_size: int | None = None,
     trust_remote_code: bool = False,
-    progress: bool = False,
+    progress: bool | Callable[[str, int, int], None] = False,
     model_id: str | None = None,
     use_cache: bool = True,
     on_split: Any = None,
@@ -210,7 +216,11 @@ def dataset_logps(
 
 
 def _split_logps(
-    dataset: ShardDataset, forward: _Forward, cache: LogpsCache | None, batch_size: int, progress: bool
+    dataset: ShardDataset,
+    forward: _Forward,
+    cache: LogpsCache | None,
+    batch_size: int,
+    progress: bool | Callable[[str, int, int], None],
 ) -> SplitLogps:
     count = len(dataset)
     digests = pair_digests(dataset.table) if cache is not None else []
@@ -287,7 +297,7 @@ class ModelLogpsStage(Stage):
             self.dtype,
             self.batch_size,
             self.trust_remote_code,
-            self.progress,
+            self.progress or (lambda split, done, total: ctx.progress(done, total, f"{split} split")),
             model_id=self.model_artifact.id,
         )
         table = logps_table(ctx.ws, self.dataset_id, splits)

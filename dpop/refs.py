@@ -135,7 +135,8 @@ class LogpsStage(Stage):
             self.dtype,
             self.batch_size,
             self.trust_remote_code,
-            self.progress,
+            # the console's progress (pairs of each split) unless a bar of its own was asked for
+            self.progress or (lambda split, done, total: ctx.progress(done, total, f"{split} split")),
             model_id=self.model_artifact.id,
             on_split=lambda split: ctx.progress(0, None, f"{split} split"),
         )

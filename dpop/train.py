@@ -198,6 +198,7 @@ class TrainStage(Stage):
         checkpoint = _resume_point(run_dir, state)
         tokenizer = AutoTokenizer.from_pretrained(self.model, trust_remote_code=config.trust_remote_code)
         trainer = self._trainer(run_dir, data, tokenizer, checkpoint, state, on_cpu)
+        _report_progress(trainer, ctx.progress)
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         final_metrics = dict(output.metrics)
         final_metrics.update(_last_train_metrics(run_dir / METRICS_FILE) if state.is_main_process else {})
@@ -405,6 +406,31 @@ def _metrics_callback(run_dir: Path, checkpoint: Path | None, state: Any) -> Any
         elif (run_dir / METRICS_FILE).exists():
             (run_dir / METRICS_FILE).unlink()
     return callback
+
+
+def _report_progress(trainer: Any, progress: Any) -> None:
+    """Steps and the latest loss to the stage's `progress` (the console's display). When transformers'
+    progress bars are off (the console turned them off: `dpop run` without -v), the Trainer's own bar
+    and its printed metric dicts go too: the console shows the steps, metrics.jsonl keeps the values."""
+    from transformers import PrinterCallback, ProgressCallback, TrainerCallback
+    from transformers.utils import logging as hf_logging
+
+    class StageProgress(TrainerCallback):
+        loss = ""
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            if isinstance((logs or {}).get("loss"), int | float) and state.is_world_process_zero:
+                self.loss = f"loss {logs['loss']:.4g}"
+                progress(state.global_step, state.max_steps, self.loss)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.is_world_process_zero:
+                progress(state.global_step, state.max_steps, self.loss)
+
+    trainer.add_callback(StageProgress())
+    if not hf_logging.is_progress_bar_enabled():
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
 
 
 def _load_models(model_path: Path, config: TrainConfig, stored_refs: bool) -> tuple[Any, Any]:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.stage import INLINE, Stage, StageRecord, completed, lineage_parent, run_stage
+from pipeline.stage import INLINE, Stage, StageRecord, completed, lineage_parent, notify, run_stage
 from pipeline.workspace import Workspace
 
 T = TypeVar("T")
@@ -82,22 +82,28 @@ class PrefectExecutor:
     def run(self, ws: Workspace, stage: Stage) -> StageRecord:
         done = completed(ws, stage)
         if done is not None:
+            notify("reused", stage, done)
             return done
         if stage.partitioned:  # its body here, its parts on the task runner (`map`)
             return _run_stage_in_task(str(ws.root), stage, self.parent, self)
         if stage.placement == "data":
-            return self._submit(stage.label(), _run_stage_in_task, **self._arguments(ws, stage)).result()
+            return self._result(stage, self._submit_stage(ws, stage))
         return _task(stage.label(), _run_stage_in_task)(**self._arguments(ws, stage))
 
     def run_many(self, ws: Workspace, stages: Sequence[Stage]) -> list[StageRecord]:
         records: list[Any] = [completed(ws, stage) for stage in stages]
         for index, stage in enumerate(stages):  # data stages in parallel, then the others in order
-            if records[index] is None and stage.placement == "data" and not stage.partitioned:
-                records[index] = self._submit(stage.label(), _run_stage_in_task, **self._arguments(ws, stage))
-        return [
-            record if isinstance(record, StageRecord) else record.result() if record else self.run(ws, stage)
-            for stage, record in zip(stages, records, strict=True)
-        ]
+            if records[index] is not None:
+                notify("reused", stage, records[index])
+            elif stage.placement == "data" and not stage.partitioned:
+                records[index] = self._submit_stage(ws, stage)
+        return [self._finish(ws, stage, record) for stage, record in zip(stages, records, strict=True)]
+
+    def _finish(self, ws: Workspace, stage: Stage, record: Any) -> StageRecord:
+        """A stage of `run_many`: found done, submitted (its future), or still to run here."""
+        if isinstance(record, StageRecord):
+            return record
+        return self._result(stage, record) if record is not None else self.run(ws, stage)
 
     def map(self, label: str, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         from prefect.futures import wait
@@ -107,6 +113,24 @@ class PrefectExecutor:
         # temporary folder, which a still-running part would otherwise keep writing into.
         wait(futures)
         return [future.result() for future in futures]
+
+    def _submit_stage(self, ws: Workspace, stage: Stage) -> Any:
+        """A data stage as a task on the task runner. On Dask it runs in another process, where the
+        console's observer does not reach: the start and the end are reported from here."""
+        if self.task_runner is not None:
+            notify("start", stage)
+        return self._submit(stage.label(), _run_stage_in_task, **self._arguments(ws, stage))
+
+    def _result(self, stage: Stage, future: Any) -> StageRecord:
+        try:
+            record = future.result()
+        except BaseException:
+            if self.task_runner is not None:
+                notify("failed", stage)
+            raise
+        if self.task_runner is not None:
+            notify("reused" if record.reused else "done", stage, record)
+        return record
 
     def _submit(self, name: str, body: Callable[..., Any], **parameters: Any) -> Any:
         if self.task_runner is None:

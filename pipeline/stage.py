@@ -337,6 +337,19 @@ lineage_parent: contextvars.ContextVar[tuple[str, str] | None] = contextvars.Con
 progress_sink: contextvars.ContextVar[Callable[[str, int, int | None, str], None] | None] = (
     contextvars.ContextVar("progress_sink", default=None)
 )
+# Told when a stage starts, finishes ("done", with its record), is found done ("reused") or fails (the
+# CLI's console sets it, to show a line per stage). Context variables reach Prefect's task threads;
+# for stages in other processes (Dask workers) the executor reports instead.
+stage_observer: contextvars.ContextVar[Callable[[str, Stage, StageRecord | None], None] | None] = (
+    contextvars.ContextVar("stage_observer", default=None)
+)
+
+
+def notify(event: str, stage: Stage, record: StageRecord | None = None) -> None:
+    """Tell the console (if any) that `stage` is "start", "done", "reused" or "failed"."""
+    observer = stage_observer.get()
+    if observer is not None:
+        observer(event, stage, record)
 
 
 def is_main_process() -> bool:
@@ -362,6 +375,7 @@ def run_stage(
     """Reuse the stage's finished output, or run it and record it once (see the module docstring)."""
     done = completed(ws, stage)
     if done is not None:
+        notify("reused", stage, done)
         return done
     if reuse_only:
         raise NeedsWork(stage)
@@ -374,6 +388,7 @@ def run_stage(
     main = is_main_process()
     if main:
         publish_start(ws, stage, run_uuid, lineage_parent.get())
+    notify("start", stage)
     try:
         with _output_folder(stage, folder) as out:
             sink = progress_sink.get()
@@ -384,11 +399,13 @@ def run_stage(
             if main:
                 write_record(out, record)
     except BaseException as error:
+        notify("failed", stage)
         if main:
             publish_failure(ws, stage, run_uuid, lineage_parent.get(), error)
         raise
     if main:
         publish_record(ws, record, run_uuid, lineage_parent.get())
+    notify("done", stage, record)
     return record
 
 

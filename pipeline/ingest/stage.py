@@ -162,7 +162,14 @@ class IngestStage(Stage):
             _mapped(iter_records(self.source, self.options.max_field_chars), self.options),
             self.source.describe(),
         )
-        counts, reasons = _write_tables(self.source, ctx.out, fmt, self.resolved_name, self.options)
+        counts, reasons = _write_tables(
+            self.source,
+            ctx.out,
+            fmt,
+            self.resolved_name,
+            self.options,
+            lambda read: ctx.progress(read, None, f"format {fmt}"),
+        )
         check_conservation(self.source.uri, counts, reasons, ctx.out / PAIRS_FILE, ctx.out / REJECTIONS_FILE)
         _write_description(ctx.out, self, fmt, counts, reasons)
         return self._output(ctx, fmt, counts, reasons)
@@ -293,10 +300,15 @@ class _Rows:
 
 
 def _write_tables(
-    source: Source, out: Path, fmt: str, source_name: str, options: IngestOptions
+    source: Source,
+    out: Path,
+    fmt: str,
+    source_name: str,
+    options: IngestOptions,
+    on_rows: Callable[[int], None] = lambda read: None,
 ) -> tuple[Counter[str], dict[str, int]]:
     """Stream the source into `out`'s pairs and rejections files; returns the counts (read, kept,
-    rejected, pairs) and the rejections by reason."""
+    rejected, pairs) and the rejections by reason. `on_rows(rows read)` after each batch (progress)."""
     parse, limits = FORMATS[fmt], Limits(options.max_field_chars)
     pair_contract, rejection_contract = load_contract("preference_pair"), load_contract("rejection")
     pair_schema = pair_contract.schema(PAIR_COLUMNS)
@@ -327,6 +339,7 @@ def _write_tables(
             if rows.rejections:
                 table = pa.Table.from_pylist(rows.rejections, schema=rejection_schema)
                 rejection_writer.write_table(rejection_contract.conform(table))
+            on_rows(counts["read"])
     if not counts["read"]:
         raise NotPreferenceData(f"{source.describe()}: no records")
     return counts, dict(sorted(reasons.items()))
