@@ -22,6 +22,15 @@ WorkspaceOption = Annotated[
     ),
 ]
 
+VerboseOption = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="Show the libraries' own logs, progress bars and warnings (Prefect, transformers, Dask).",
+    ),
+]
+
 
 @contextlib.contextmanager
 def clean_errors() -> Iterator[None]:

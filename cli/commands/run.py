@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.commands._common import WorkspaceOption, clean_errors, console
+from cli.commands._common import VerboseOption, WorkspaceOption, clean_errors, console
 
 
 def option(kind: Any, *names: str, **settings: Any) -> Any:
@@ -179,10 +179,13 @@ def run(
     task_runner: TaskRunner = "default",
     dask_address: DaskAddress = None,
     warm_start: WarmStart = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Run the whole chain: data -> curated shards -> SFT reference -> DPOP training -> report."""
+    from cli.console import quiet_libraries
+
     started = time.perf_counter()
-    with _resumable(), clean_errors():
+    with _resumable(), clean_errors(), quiet_libraries(verbose), _warnings(verbose):
         if engine not in ("prefect", "direct") or task_runner not in ("default", "dask"):
             raise ValueError(
                 f"--engine is prefect or direct ({engine!r}); --task-runner default or dask ({task_runner!r})"
@@ -193,10 +196,11 @@ def run(
         spec = chain_spec(input, model, config, flags, losses, warm_start)
         summary = _up_to_date(spec, workspace)
         if summary is None:
-            validate(config, flags, spec.training)
+            with console.status("checking the configuration (loading torch)…"):
+                validate(config, flags, spec.training)
             if spec.smoke_test:
                 console.print(f"[bold yellow]warning: {spec.smoke_test}[/]", soft_wrap=True)
-            summary = _run(spec, workspace, engine, task_runner, dask_address)
+            summary = _run(spec, workspace, engine, task_runner, dask_address, verbose)
         _report(summary, report)
         _print_summary(summary, time.perf_counter() - started)
         if open_report and summary.get("report"):
@@ -214,16 +218,18 @@ def _up_to_date(spec: Any, workspace: Any) -> dict[str, Any] | None:
 
 
 def _run(
-    spec: Any, workspace: Any, engine: str, task_runner: str, dask_address: str | None
+    spec: Any, workspace: Any, engine: str, task_runner: str, dask_address: str | None, verbose: bool
 ) -> dict[str, Any]:
+    from cli.console import StageDisplay
     from pipeline.workspace import Workspace
 
     ws = Workspace.open(workspace)
+    stages = StageDisplay(console, live=not verbose)  # -v: lines only, the libraries keep their own bars
     if engine == "direct":
-        with _progress():
+        with stages.active():
             return _direct(ws, spec)
     _prefect_home(ws)  # before Prefect is imported: it reads its settings once
-    with _api_server(), _progress():
+    with _api_server(), stages.active():
         from flows.data_to_model import data_to_model_flow
 
         out = data_to_model_flow(str(ws.root), spec.to_json(), task_runner, dask_address)
@@ -249,24 +255,15 @@ def _direct(ws: Any, spec: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _progress() -> Iterator[None]:
-    """A progress bar per stage that reports progress (the runner's `progress_sink`)."""
-    from rich.progress import Progress
+def _warnings(verbose: bool) -> Iterator[None]:
+    """Python warnings once each, as one line (library noise hidden); -v: Python's own way."""
+    if verbose:
+        yield
+        return
+    from cli.console import WarningLog
 
-    from pipeline.stage import progress_sink
-
-    with Progress(console=console, transient=True) as bars:
-        shown: dict[str, Any] = {}
-
-        def show(label: str, done: int, total: int | None, text: str) -> None:
-            shown.setdefault(label, bars.add_task(label, total=total))
-            bars.update(shown[label], completed=done, total=total, description=f"{label}: {text}")
-
-        token = progress_sink.set(show)
-        try:
-            yield
-        finally:
-            progress_sink.reset(token)
+    with WarningLog(console).installed():
+        yield
 
 
 def _prefect_home(ws: Any) -> None:
@@ -283,15 +280,17 @@ def _prefect_home(ws: Any) -> None:
 def _api_server() -> Iterator[None]:
     """The run's Prefect API: the user's server, else a temporary one started here, its URL exported
     before any Dask worker starts so the workers use it instead of each starting its own."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    with console.status("loading Prefect…"):
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if PREFECT_API_URL.value():
         yield
         return
-    from prefect.server.api.server import SubprocessASGIServer
+    with console.status("starting Prefect's temporary server…"):
+        from prefect.server.api.server import SubprocessASGIServer
 
-    server = SubprocessASGIServer()
-    server.start()
+        server = SubprocessASGIServer()
+        server.start()
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
@@ -320,38 +319,9 @@ def _report(summary: dict[str, Any], wanted: bool) -> None:
 
 
 def _print_summary(summary: dict[str, Any], seconds: float) -> None:
-    from rich.table import Table
+    from cli.console import print_summary
 
-    table = Table(title=f"dpop run done in {seconds:.0f} s ({summary['via']})", show_header=False)
-    table.add_column("what", no_wrap=True, style="bold")
-    table.add_column("value", overflow="fold")
-    rows = [
-        ("workspace", summary["workspace"]),
-        ("dataset", summary["dataset_id"]),
-        ("reference policy", summary["reference_model"]),
-    ]
-    rows += [("comparison", summary["comparison_id"])] if summary.get("comparison_id") else []
-    for run in summary["runs"]:
-        rows += [(f"run ({run['loss']})", run["run_id"]), ("model", run["model_dir"])]
-        rows += [
-            (k, f"{run['final_metrics'][k]:.4g}")
-            for k in ("eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/chosen", "eval_loss")
-            if isinstance(run["final_metrics"].get(k), int | float)
-        ]
-        rows += [("report", run["report"])] if run.get("report") else []
-    gate = summary.get("gate")
-    if gate:  # a refusal is an outcome, not an error: the champion stays and the reason says why
-        rows += [(f"gate ({gate['alias']})", f"{gate['outcome']}: {gate['reason']}")]
-        rows += [("champion", gate["champion_after"])] if gate.get("champion_after") else []
-    ws, run_id = summary["workspace"], summary["run_id"]
-    rows += [
-        ("lineage", f"dpop lineage {run_id} -w {ws}"),
-        ("SQL", f"dpop sql -w {ws} \"SELECT split, metric, value FROM metrics WHERE run_id = '{run_id}'\""),
-    ]
-    rows += [("SMOKE TEST", f"[bold yellow]{summary['smoke_test']}[/]")] if summary.get("smoke_test") else []
-    for what, value in rows:
-        table.add_row(what, str(value))
-    console.print(table)
+    print_summary(console, summary, seconds)
 
 
 def register(app: typer.Typer) -> None:
