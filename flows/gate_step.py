@@ -114,7 +114,8 @@ class GateStep:
 
     def run(self) -> GateResult:
         if not self.config.enabled:
-            return GateResult(_disabled(self.config))
+            # nothing to decide, nothing done: an up-to-date chain stays "up to date" (as `probe_gate`)
+            return GateResult(_disabled(self.config), reused=True)
         key = decision_key(self.candidates, self.config)
         found = _still_valid(self.registry, key, self.config.alias)
         if found is not None:
