@@ -1,549 +1,662 @@
-"""The Smaug paper's failure mode, reproduced on CPU: DPO lowers the likelihood of the preferred answer
-on low-edit pairs; DPO-Positive does not.
+"""The Smaug paper's failure mode, reproduced on CPU through the product's own path: DPO lowers the
+likelihood of the preferred answer on low-edit pairs; DPO-Positive does not.
 
 Pal et al. (arXiv 2402.13228, section 3) show that when chosen and rejected differ by a few tokens,
 DPO can raise its reward margin while *lowering* log πθ(y_w|x), chiefly on the tokens after the first
-edit. We train the same reference policy (a tiny Llama warmed up with SFT on the chosen answers) with
-DPO (λ = 0) and DPOP (λ = 5, λ = 50), same seed, batches and steps, on
+edit. This benchmark runs the data-to-model chain (`flows.chain.data_to_model`, inline executor), one
+`ChainSpec` per dataset, with `losses: dpo, dpop:5, dpop:50`:
+
+  ingest -> tiny model (a BPE tokenizer trained on the pairs and a tiny Llama) -> build (score, curate,
+  split by prompt, tokenise) -> SFT on the train split's chosen answers (the reference policy) ->
+  reference log-probs -> three `TrainStage` runs (`DPOPTrainer`, same seed and batches) -> one
+  `PreferenceEvalStage` per run on the eval split (one eval set id for the three)
+
+on
 
   * the synthetic MetaMath-style pairs (`demo.synth_math`: one intermediate result corrupted), and
   * the real GSM8K pairs from `../shared/data/openai_grade-school-math/example_model_solutions.jsonl`
-    (ground truth vs a wrong model solution, lowest edit ratios first), when that folder is present,
+    (`model_solutions` format: the ground truth against each wrong model solution), with a curation
+    config that keeps the lowest-edit pairs (`filters.edit_ratio.max`), when that file is present.
 
-and log, on held-out pairs, `logps/chosen` against the reference level, reward accuracy and margin,
-and the token view: the mean per-token log-prob change of chosen tokens before and after the first
-token where chosen and rejected differ.
+The table's numbers come from the eval stage (`<ws>/evals/<id>/metrics.parquet`): log p(chosen) against
+the reference, reward accuracy and margin, and the token view (the mean per-token change of the chosen
+tokens before and after the first edit). The curves come from the trainer's own evaluations on the same
+split (`metrics.jsonl`; step 0 is `eval_on_start`, the reference itself).
 
-    python benchmarks/failure_mode.py            # both datasets, ~5 minutes on 2 cores
-    python benchmarks/failure_mode.py --quick    # synthetic only, fewer steps
+    python benchmarks/failure_mode.py             # both datasets (~950 CPU-s: 8-10 min on 2 free cores)
+    python benchmarks/failure_mode.py --quick     # synthetic only, fewer steps
+    python benchmarks/failure_mode.py --replot    # docs from the last JSON, no training
 
-Writes benchmarks/results/failure_mode.json, docs/failure_mode.png and docs/failure_mode.md.
-The loss is the project's `dpop.losses.dpop_loss`; the loop is a plain one so the three runs are
-strictly comparable (same batches in the same order) and fast.
+Writes benchmarks/results/failure_mode.json, docs/failure_mode.png and docs/failure_mode.md. Its
+workspace (benchmarks/results/failure_mode_ws) keeps every stage: a second run with the same settings
+reuses them while the code that keys the stages (pipeline, dpop, demo, contracts) is unchanged
+(`--fresh` starts from an empty one, for timing). The promotion gate is off: a comparison, not a release.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 import os
+import shutil
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
-
-import torch
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from demo.synth_math import generate_pairs  # noqa: E402
-from demo.tiny_tokenizer import train_tiny_tokenizer  # noqa: E402
-from dpop.losses import dpop_loss  # noqa: E402
-from dpop.sft import Example, SFTConfig, examples_from_pairs, warm_up  # noqa: E402
+from flows.chain import ChainResult, ChainSpec, data_to_model, with_losses  # noqa: E402
+from pipeline.stage import INLINE, StageRecord  # noqa: E402
 from pipeline.workspace import Workspace  # noqa: E402
 
 SHARED = Path(os.environ.get("DPOP_SHARED_DATA", ROOT.parent / "shared" / "data"))
 GSM8K_SOLUTIONS = SHARED / "openai_grade-school-math" / "example_model_solutions.jsonl"
-LAMBDAS = (0.0, 5.0, 50.0)
+LOSSES = "dpo,dpop:5,dpop:50"
+LABELS = {"dpo": "DPO (λ=0)", "dpop:5": "DPOP (λ=5)", "dpop:50": "DPOP (λ=50)"}
+COLOURS = {"dpo": "#d62728", "dpop:5": "#1f77b4", "dpop:50": "#2ca02c"}
+OUT = ROOT / "benchmarks" / "results" / "failure_mode.json"
+DOC, PLOT = ROOT / "docs" / "failure_mode.md", ROOT / "docs" / "failure_mode.png"
 
 
 @dataclass(frozen=True)
 class Settings:
-    train_pairs: int = 256
-    eval_pairs: int = 64
+    synth_pairs: int = 320  # synthetic pairs generated (train + eval)
+    gsm8k_max_edit_ratio: float = 0.49  # curation keeps GSM8K pairs at or below this edit ratio
+    eval_fraction: float = 0.2  # of prompts, by hash (a prompt's pairs stay in one split)
     steps: int = 40
     batch_size: int = 16
     learning_rate: float = 1.5e-4
     beta: float = 0.1
     eval_every: int = 10
+    vocab_size: int = 768
     hidden_size: int = 128
     layers: int = 3
+    heads: int = 4
     sft_steps: int = 100
+    sft_learning_rate: float = 2e-3
     max_length: int = 384
+    max_prompt_length: int = 192
     seed: int = 0
 
 
-@dataclass
-class PairTokens:
-    prompt: list[int]
-    chosen: list[int]
-    rejected: list[int]
-    common_prefix: int  # leading response tokens shared by chosen and rejected
+QUICK = Settings(synth_pairs=160, steps=20, sft_steps=60, eval_every=5)
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
+# --- the chains ---------------------------------------------------------------------------------------
 
 
-def tokenize_pairs(pairs: list[dict], tokenizer, max_length: int) -> list[PairTokens]:
-    chosen = examples_from_pairs(pairs, tokenizer)
-    rejected = examples_from_pairs([{**p, "chosen": p["rejected"]} for p in pairs], tokenizer)
-    out = []
-    for c, r in zip(chosen, rejected, strict=True):
-        if len(c.prompt_ids) + max(len(c.response_ids), len(r.response_ids)) > max_length:
-            continue  # keep whole answers: a cut would hide the edit
-        out.append(
-            PairTokens(
-                c.prompt_ids, c.response_ids, r.response_ids, _common_prefix(c.response_ids, r.response_ids)
-            )
-        )
-    return out
-
-
-def token_logps(
-    model, prompts: list[list[int]], responses: list[list[int]], pad_id: int
-) -> list[torch.Tensor]:
-    """Per-token log-probs of each response given its prompt (one forward pass for the batch)."""
-    rows = [p + r for p, r in zip(prompts, responses, strict=True)]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-    logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    out = []
-    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-        out.append(logps[i, len(p) - 1 : len(p) - 1 + len(r)])
-    return out
-
-
-def pair_logps(model, batch: list[PairTokens], pad_id: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    prompts = [p.prompt for p in batch] * 2
-    responses = [p.chosen for p in batch] + [p.rejected for p in batch]
-    per_token = token_logps(model, prompts, responses, pad_id)
-    return per_token[: len(batch)], per_token[len(batch) :]
-
-
-@torch.no_grad()
-def reference_values(model, pairs: list[PairTokens], pad_id: int) -> list[dict]:
-    model.eval()
-    values = []
-    for start in range(0, len(pairs), 32):
-        batch = pairs[start : start + 32]
-        chosen, rejected = pair_logps(model, batch, pad_id)
-        values += [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected, strict=True)]
-    return values
-
-
-@torch.no_grad()
-def evaluate(model, pairs: list[PairTokens], refs: list[dict], pad_id: int, beta: float) -> dict[str, float]:
-    """Held-out metrics with TRL's names plus the token view around the first edit."""
-    model.eval()
-    policy = reference_values(model, pairs, pad_id)
-    n = len(pairs)
-    sums = {"chosen": 0.0, "rejected": 0.0, "ref_chosen": 0.0, "acc": 0.0, "margin": 0.0}
-    pre_delta, post_delta, pre_count, post_count = 0.0, 0.0, 0, 0
-    for pair, pol, ref in zip(pairs, policy, refs, strict=True):
-        chosen, rejected = float(pol["chosen"].sum()), float(pol["rejected"].sum())
-        ref_chosen, ref_rejected = float(ref["chosen"].sum()), float(ref["rejected"].sum())
-        margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
-        sums["chosen"] += chosen
-        sums["rejected"] += rejected
-        sums["ref_chosen"] += ref_chosen
-        sums["acc"] += float(margin > 0)
-        sums["margin"] += margin
-        delta = pol["chosen"] - ref["chosen"]
-        cut = pair.common_prefix
-        pre_delta += float(delta[:cut].sum())
-        pre_count += cut
-        post_delta += float(delta[cut:].sum())
-        post_count += len(delta) - cut
+def training(settings: Settings) -> dict[str, Any]:
+    """The training section shared by the three losses: a constant learning rate (a short run, no
+    schedule to confound the comparison), an evaluation before the first step and every `eval_every`."""
     return {
-        "logps/chosen": sums["chosen"] / n,
-        "logps/rejected": sums["rejected"] / n,
-        "ref_logps/chosen": sums["ref_chosen"] / n,
-        "logps/chosen_minus_ref": (sums["chosen"] - sums["ref_chosen"]) / n,
-        "rewards/accuracies": sums["acc"] / n,
-        "rewards/margins": sums["margin"] / n,
-        "token_delta/pre_edit": pre_delta / max(pre_count, 1),
-        "token_delta/post_edit": post_delta / max(post_count, 1),
+        "beta": settings.beta,
+        "learning_rate": settings.learning_rate,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "max_steps": settings.steps,
+        "per_device_train_batch_size": settings.batch_size,
+        "per_device_eval_batch_size": 32,
+        "eval_strategy": "steps",
+        "eval_steps": settings.eval_every,
+        "eval_on_start": True,
+        "logging_steps": settings.eval_every,
+        "save_steps": 100_000,  # no checkpoint: a killed benchmark retrains its run
+        "report_to": [],
+        "disable_tqdm": True,
+        "seed": settings.seed,
     }
 
 
-def train_one(
-    reference, train: list[PairTokens], train_refs, eval_pairs, eval_refs, pad_id, penalty_lambda, settings
-):
-    """DPOP with `penalty_lambda` from a copy of the reference; the same batch order for every λ."""
-    torch.manual_seed(settings.seed)
-    model = copy.deepcopy(reference)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.0)
-    order_generator = torch.Generator().manual_seed(settings.seed)
-    order: list[int] = []
-    curve = [{"step": 0, **evaluate(model, eval_pairs, eval_refs, pad_id, settings.beta)}]
-    for step in range(1, settings.steps + 1):
-        if len(order) < settings.batch_size:
-            order += torch.randperm(len(train), generator=order_generator).tolist()
-        indices, order = order[: settings.batch_size], order[settings.batch_size :]
-        batch = [train[i] for i in indices]
-        model.train()
-        chosen, rejected = pair_logps(model, batch, pad_id)
-        losses, _, _ = dpop_loss(
-            torch.stack([c.sum() for c in chosen]),
-            torch.stack([r.sum() for r in rejected]),
-            torch.stack([train_refs[i]["chosen"].sum() for i in indices]),
-            torch.stack([train_refs[i]["rejected"].sum() for i in indices]),
-            beta=settings.beta,
-            penalty_lambda=penalty_lambda,
-        )
-        losses.mean().backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % settings.eval_every == 0 or step == settings.steps:
-            point = {
-                "step": step,
-                "train_loss": float(losses.detach().mean()),
-                **evaluate(model, eval_pairs, eval_refs, pad_id, settings.beta),
-            }
-            curve.append(point)
-            print(
-                f"    λ={penalty_lambda:>4g} step {step:>4}: logps/chosen {point['logps/chosen']:8.2f} "
-                f"(ref {point['ref_logps/chosen']:.2f})  acc {point['rewards/accuracies']:.2f}  "
-                f"post-edit Δ/token {point['token_delta/post_edit']:+.3f}",
-                flush=True,
-            )
-    return curve
+def chain_spec(settings: Settings, sources: tuple[str, ...] = (), curation: dict | None = None) -> ChainSpec:
+    """One dataset's chain: the demo's synthetic pairs when `sources` is empty."""
+    return ChainSpec(
+        sources=sources,
+        synth_n=settings.synth_pairs,
+        seed=settings.seed,
+        fmt="model_solutions" if sources else None,
+        tiny_model={
+            "vocab_size": settings.vocab_size,
+            "layers": settings.layers,
+            "hidden_size": settings.hidden_size,
+            "heads": settings.heads,
+        },
+        curation={
+            **(curation or {}),
+            "split": {"eval_fraction": settings.eval_fraction},
+            "tokenize": {"max_length": settings.max_length, "max_prompt_length": settings.max_prompt_length},
+        },
+        sft={
+            "steps": settings.sft_steps,
+            "learning_rate": settings.sft_learning_rate,
+            "batch_size": 16,
+            "max_length": settings.max_length,
+        },
+        training=with_losses(training(settings), LOSSES),
+        # A comparison, not a release: no promotion gate (its generation evals would cost minutes, and
+        # the second dataset's gate would try to score the first one's champion, another tokenizer).
+        gate={"enabled": False},
+    )
 
 
-def synthetic_pairs(settings: Settings) -> tuple[list[dict], list[dict]]:
-    pairs = [
-        p.as_record() for p in generate_pairs(settings.train_pairs + settings.eval_pairs, seed=settings.seed)
-    ]
-    return pairs[: settings.train_pairs], pairs[settings.train_pairs :]
-
-
-def gsm8k_pairs(settings: Settings) -> tuple[list[dict], list[dict]] | None:
-    """Ground truth vs each wrong model solution, lowest edit ratio first (the paper's regime)."""
+def datasets(settings: Settings, quick: bool) -> list[tuple[str, ChainSpec]]:
+    found = [("synthetic math", chain_spec(settings))]
+    if quick:
+        return found
     if not GSM8K_SOLUTIONS.is_file():
-        return None
-    from rapidfuzz.distance import Levenshtein
-
-    pairs = []
-    for line in GSM8K_SOLUTIONS.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        for key in ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification"):
-            solution = row.get(key) or {}
-            if solution.get("is_correct") is False and solution.get("solution"):
-                ratio = Levenshtein.normalized_distance(row["ground_truth"], solution["solution"])
-                pairs.append(
-                    (
-                        ratio,
-                        {
-                            "prompt": row["question"],
-                            "chosen": row["ground_truth"],
-                            "rejected": solution["solution"],
-                        },
-                    )
-                )
-    pairs.sort(key=lambda item: item[0])
-    chosen = [pair for _, pair in pairs[: settings.train_pairs + settings.eval_pairs]]
-    # split by question so no eval prompt is trained on
-    questions = sorted({p["prompt"] for p in chosen})
-    eval_questions = set(
-        questions[:: max(1, len(questions) // max(1, settings.eval_pairs // 2))][: settings.eval_pairs // 2]
-    )
-    return [p for p in chosen if p["prompt"] not in eval_questions], [
-        p for p in chosen if p["prompt"] in eval_questions
-    ]
+        print(f"(GSM8K solutions not found at {GSM8K_SOLUTIONS}; synthetic pairs only)")
+        return found
+    low_edit = {"filters": {"edit_ratio": {"max": settings.gsm8k_max_edit_ratio}}}
+    return [*found, ("GSM8K wrong-vs-right", chain_spec(settings, (str(GSM8K_SOLUTIONS),), low_edit))]
 
 
-def build_reference(
-    workspace: Workspace, name: str, train_pairs: list[dict], all_texts: list[str], settings: Settings
-):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer_dir = train_tiny_tokenizer(
-        all_texts, workspace.models_dir / f"{name}-tokenizer", vocab_size=768
-    )
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    torch.manual_seed(settings.seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=settings.hidden_size,
-        intermediate_size=settings.hidden_size * 3,
-        num_hidden_layers=settings.layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        tie_word_embeddings=True,
-    )
-    base_dir = workspace.models_dir / f"{name}-base"
-    if not (base_dir / "config.json").is_file():
-        LlamaForCausalLM(config).save_pretrained(str(base_dir))
-        tokenizer.save_pretrained(str(base_dir))
-    examples: list[Example] = [
-        e
-        for e in examples_from_pairs(train_pairs, tokenizer)
-        if len(e.prompt_ids) + len(e.response_ids) <= settings.max_length
-    ]
-    sft = warm_up(
-        workspace,
-        base_dir,
-        examples,
-        SFTConfig(
-            steps=settings.sft_steps,
-            batch_size=16,
-            learning_rate=2e-3,
-            max_length=settings.max_length,
-            seed=settings.seed,
-        ),
-        on_step=lambda s, t, loss: (
-            print(f"  sft {s}/{t} loss {loss:.3f}", flush=True) if s % 25 == 0 or s == t else None
-        ),
-    )
-    from dpop.model_io import load_causal_lm
-
-    return tokenizer, load_causal_lm(sft.model_dir, dtype=torch.float32), sft
+# --- what a chain gives -----------------------------------------------------------------------------
 
 
-def run_dataset(
-    workspace: Workspace, name: str, train_raw: list[dict], eval_raw: list[dict], settings: Settings
-) -> dict:
-    print(f"== {name}: {len(train_raw)} train / {len(eval_raw)} eval pairs", flush=True)
-    texts = [p["prompt"] + "\n" + p["chosen"] + "\n" + p["rejected"] for p in train_raw + eval_raw]
-    tokenizer, reference, sft = build_reference(workspace, name, train_raw, texts, settings)
-    pad_id = tokenizer.pad_token_id
-    train = tokenize_pairs(train_raw, tokenizer, settings.max_length)
-    eval_pairs = tokenize_pairs(eval_raw, tokenizer, settings.max_length)
-    train_refs = reference_values(reference, train, pad_id)
-    eval_refs = reference_values(reference, eval_pairs, pad_id)
-    response_tokens = sum(len(p.chosen) for p in train) / len(train)
-    post_edit_share = sum(len(p.chosen) - p.common_prefix for p in train) / sum(len(p.chosen) for p in train)
+def _seconds(record: StageRecord) -> float:
+    started, finished = (datetime.fromisoformat(t) for t in (record.started_at, record.finished_at))
+    return round((finished - started).total_seconds(), 1)
+
+
+def curve(ws: Workspace, run: StageRecord) -> list[dict[str, Any]]:
+    """The trainer's evaluations of a run, one point per step (the last event of a step: the stage's
+    final evaluation repeats the last step). Per-token changes are against step 0, the reference."""
+    events: dict[int, dict[str, Any]] = {}
+    for line in (ws.root / run.folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        event = json.loads(line)
+        if event.get("split") == "eval":
+            events[int(event["step"])] = event
+    start = events.get(0, {})
+    points = []
+    for step, event in sorted(events.items()):
+        point = {"step": step, **{k: event.get(k) for k in ("rewards/accuracies", "rewards/margins")}}
+        point["logps/chosen_minus_ref"] = event["logps/chosen"] - event["ref_logps/chosen"]
+        for side in ("pre", "post"):
+            name = f"logps/chosen_{side}_edit"
+            known = event.get(name) is not None and start.get(name) is not None
+            point[f"token_delta/{side}_edit"] = event[name] - start[name] if known else None
+        points.append(point)
+    return points
+
+
+def eval_tables(ws: Workspace, record: StageRecord) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The eval stage's overall metrics, and per edit bucket {bucket: {metric: value, "n": pairs}}."""
+    from dpop.evaluate import read_metrics
+
+    overall: dict[str, Any] = {}
+    buckets: dict[str, dict[str, Any]] = {}
+    for row in read_metrics(ws, record).to_pylist():
+        if row["group_kind"] == "all":
+            overall[row["metric"]] = row["value"]
+        elif row["group_kind"] == "edit_bucket":
+            bucket = buckets.setdefault(row["group"], {})
+            bucket[row["metric"]] = row["value"]
+            if row["metric"] == "rewards/accuracies":  # its n is every pair of the bucket
+                bucket["n"] = row["n"]
+    return overall, buckets
+
+
+def eval_set_shape(ws: Workspace, record: StageRecord) -> dict[str, Any]:
+    """Chosen tokens per eval pair, and the share of them at or after the first edit."""
+    from dpop.evaluate import read_pairs
+
+    pairs = read_pairs(ws, record).select(["chosen_tokens", "common_prefix_len"]).to_pylist()
+    tokens = sum(p["chosen_tokens"] for p in pairs)
+    after = sum(max(p["chosen_tokens"] - p["common_prefix_len"], 0) for p in pairs)
+    return {
+        "mean_chosen_tokens": round(tokens / max(len(pairs), 1), 1),
+        "post_edit_token_share": round(after / max(tokens, 1), 3),
+    }
+
+
+def summarise(name: str, result: ChainResult) -> dict[str, Any]:
+    """One dataset's JSON: the chain's ids, the eval set's shape, and per loss its curve and eval."""
+    ws, build = result.ws, result.build
     runs = {}
-    for penalty_lambda in LAMBDAS:
-        started = time.perf_counter()
-        curve = train_one(
-            reference, train, train_refs, eval_pairs, eval_refs, pad_id, penalty_lambda, settings
-        )
-        runs[f"{penalty_lambda:g}"] = {
-            "lambda": penalty_lambda,
-            "curve": curve,
-            "seconds": round(time.perf_counter() - started, 1),
+    for key, run, evaluation in zip(LOSSES.split(","), result.runs, result.evals, strict=True):
+        if evaluation is None:
+            raise ValueError(f"{name}: the eval split is empty (raise eval_fraction)")
+        final, buckets = eval_tables(ws, evaluation)
+        runs[key] = {
+            "loss": run.config.get("loss"),
+            "lambda": float(run.summary.get("loss", {}).get("penalty_lambda", 0.0)),
+            "run_id": run.id,
+            "eval_id": evaluation.id,
+            "eval_set_id": evaluation.summary["eval_set"],
+            "seconds": _seconds(run),
+            "curve": curve(ws, run),
+            "final": final,
+            "buckets": buckets,
         }
+    first_eval = result.evals[0]
     return {
         "name": name,
-        "train_pairs": len(train),
-        "eval_pairs": len(eval_pairs),
-        "mean_chosen_tokens": round(response_tokens, 1),
-        "post_edit_token_share": round(post_edit_share, 3),
-        "sft_final_loss": sft.final_loss,
+        "dataset_id": result.logps[0].id,
+        # relative to the workspace: the JSON stays true when the workspace folder moves
+        "reference_model": os.path.relpath(result.reference_model, ws.root),
+        "pairs_in": build.counts.get("rows_in"),
+        "train_pairs": build.counts.get("train_rows"),
+        "eval_pairs": build.counts.get("eval_rows"),
+        **eval_set_shape(ws, first_eval),
+        "sft_final_loss": (result.reference.summary.get("final_loss") if result.reference else None),
         "runs": runs,
     }
 
 
-def plot(results: list[dict], path: Path) -> None:
+def run_benchmark(settings: Settings, workspace: Path, quick: bool = False) -> list[dict[str, Any]]:
+    """Every dataset's chain on `workspace`; the results' JSON."""
+    ws = Workspace.open(workspace)
+    results = []
+    for name, spec in datasets(settings, quick):
+        print(f"== {name}", flush=True)
+        started, cpu = time.perf_counter(), time.process_time()
+        result = data_to_model(ws, spec, INLINE)
+        spent = {
+            "chain_seconds": round(time.perf_counter() - started, 1),
+            "chain_cpu_seconds": round(time.process_time() - cpu, 1),  # every thread: load-independent
+        }
+        results.append({**summarise(name, result), **spent})
+        for key, run in results[-1]["runs"].items():
+            final = run["final"]
+            print(
+                f"   {LABELS[key]:<12} Δ logps/chosen {final['logps/chosen_delta']:+8.2f}  "
+                f"acc {final['rewards/accuracies']:.2f}  eval {run['eval_id']}",
+                flush=True,
+            )
+    return results
+
+
+class LoadSampler:
+    """The 1-minute load average every `every` seconds while a run lasts: the machine is shared, so the
+    wall time means little without the load it ran under (the CPU seconds move far less with it)."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        self.samples: list[float] = [round(os.getloadavg()[0], 2)]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(every,), daemon=True)
+
+    def _sample(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self.samples.append(round(os.getloadavg()[0], 2))
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(round(os.getloadavg()[0], 2))
+
+
+# --- the plot, the table, the page --------------------------------------------------------------------
+
+
+def _plot_row(row: Any, result: dict[str, Any]) -> None:
+    for key, run in result["runs"].items():
+        steps = [p["step"] for p in run["curve"]]
+        style = {"color": COLOURS[key], "marker": "o", "ms": 3}
+        row[0].plot(steps, [p["logps/chosen_minus_ref"] for p in run["curve"]], label=LABELS[key], **style)
+        row[1].plot(steps, [p["rewards/accuracies"] for p in run["curve"]], label=LABELS[key], **style)
+        row[2].plot(
+            steps,
+            [p["token_delta/post_edit"] for p in run["curve"]],
+            label=f"{LABELS[key]} after edit",
+            **style,
+        )
+        row[2].plot(
+            steps,
+            [p["token_delta/pre_edit"] for p in run["curve"]],
+            color=COLOURS[key],
+            linestyle=":",
+            alpha=0.7,
+        )
+    row[0].axhline(0, color="black", linewidth=0.8)
+    row[0].set_title(f"{result['name']}: log p(chosen) − reference (eval)")
+    row[0].set_ylabel("nats per answer")
+    row[1].set_title(f"{result['name']}: reward accuracy (eval)")
+    row[1].set_ylim(0, 1.02)
+    row[2].axhline(0, color="black", linewidth=0.8)
+    row[2].set_title("Δ log p per chosen token: after the edit (solid), before (dotted)", fontsize=10)
+    for axis in row:
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"0": "#d62728", "5": "#1f77b4", "50": "#2ca02c"}
-    labels = {"0": "DPO (λ=0)", "5": "DPOP λ=5", "50": "DPOP λ=50"}
     fig, axes = plt.subplots(len(results), 3, figsize=(15, 4.2 * len(results)), squeeze=False)
     for row, result in zip(axes, results, strict=True):
-        for key, run in result["runs"].items():
-            steps = [p["step"] for p in run["curve"]]
-            row[0].plot(
-                steps,
-                [p["logps/chosen_minus_ref"] for p in run["curve"]],
-                color=colours[key],
-                label=labels[key],
-                marker="o",
-                ms=3,
-            )
-            row[1].plot(
-                steps,
-                [p["rewards/accuracies"] for p in run["curve"]],
-                color=colours[key],
-                label=labels[key],
-                marker="o",
-                ms=3,
-            )
-            row[2].plot(
-                steps,
-                [p["token_delta/post_edit"] for p in run["curve"]],
-                color=colours[key],
-                label=labels[key] + " after edit",
-                marker="o",
-                ms=3,
-            )
-            row[2].plot(
-                steps,
-                [p["token_delta/pre_edit"] for p in run["curve"]],
-                color=colours[key],
-                linestyle=":",
-                alpha=0.7,
-            )
-        row[0].axhline(0, color="black", linewidth=0.8)
-        row[0].set_title(f"{result['name']}: log p(chosen) − reference (eval)")
-        row[0].set_ylabel("nats per answer")
-        row[1].set_title(f"{result['name']}: reward accuracy (eval)")
-        row[1].set_ylim(0, 1.02)
-        row[2].axhline(0, color="black", linewidth=0.8)
-        row[2].set_title("Δ log p per chosen token: after the edit (solid), before (dotted)", fontsize=10)
-        for axis in row:
-            axis.set_xlabel("step")
-            axis.grid(alpha=0.3)
-            axis.legend(fontsize=8)
+        _plot_row(row, result)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def table(results: list[dict]) -> str:
+def _signed(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| data | method | logps/chosen (ref) | Δ vs ref | reward acc | margin | Δ/token before edit | Δ/token after edit |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         for key, run in result["runs"].items():
-            last = run["curve"][-1]
-            method = "DPO (λ=0)" if key == "0" else f"DPOP (λ={key})"
+            f = run["final"]
             lines.append(
-                f"| {result['name']} | {method} | {last['logps/chosen']:.2f} ({last['ref_logps/chosen']:.2f}) | "
-                f"{last['logps/chosen_minus_ref']:+.2f} | {last['rewards/accuracies']:.2f} | {last['rewards/margins']:.3f} | "
-                f"{last['token_delta/pre_edit']:+.3f} | {last['token_delta/post_edit']:+.3f} |"
+                f"| {result['name']} | {LABELS[key]} | {f['logps/chosen']:.2f} ({f['ref_logps/chosen']:.2f}) | "
+                f"{f['logps/chosen_delta']:+.2f} | {f['rewards/accuracies']:.2f} | {f['rewards/margins']:.3f} | "
+                f"{_signed(f['logps/chosen_pre_edit_delta'], '+.3f')} | {_signed(f['logps/chosen_post_edit_delta'], '+.3f')} |"
             )
     return "\n".join(lines)
+
+
+def bucket_table(results: list[dict[str, Any]]) -> str:
+    """Δ logps/chosen and reward accuracy per edit-ratio quartile of the eval set, per method."""
+    lines = ["| data | edit-ratio quartile | pairs | " + " | ".join(LABELS.values()) + " |"]
+    lines.append("|---|---|---|" + "---|" * len(LABELS))
+    for result in results:
+        buckets = sorted(next(iter(result["runs"].values()))["buckets"])
+        for bucket in buckets:
+            cells = []
+            for run in result["runs"].values():
+                b = run["buckets"].get(bucket, {})
+                delta, accuracy = b.get("logps/chosen_delta"), b.get("rewards/accuracies")
+                cells.append("n/a" if delta is None else f"{delta:+.1f} nats, acc {accuracy:.2f}")
+            n = next(iter(result["runs"].values()))["buckets"][bucket]["n"]
+            lines.append(f"| {result['name']} | {bucket} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def findings(results: list[dict[str, Any]]) -> str:
+    """One line per dataset from the eval stage's numbers, so the page never says more than they do."""
+    lines = []
+    for result in results:
+        final = {key: run["final"] for key, run in result["runs"].items()}
+        dpo = final["dpo"]
+        parts = [
+            f"- **{result['name']}**: DPO ends at reward accuracy {dpo['rewards/accuracies']:.2f} with "
+            f"log p(chosen) {dpo['logps/chosen_delta']:+.1f} nats against the reference "
+            f"({_signed(dpo['logps/chosen_pre_edit_delta'], '+.2f')} per token before the first edit, "
+            f"{_signed(dpo['logps/chosen_post_edit_delta'], '+.2f')} after); "
+            f"{dpo['dpop/penalty_active']:.0%} of its eval pairs end below the reference"
+        ]
+        for key in ("dpop:5", "dpop:50"):
+            if key in final:
+                point = final[key]
+                relative = point["logps/chosen_delta"] / abs(point["ref_logps/chosen"])
+                parts.append(
+                    f"{LABELS[key]}: accuracy {point['rewards/accuracies']:.2f}, log p(chosen) "
+                    f"{point['logps/chosen_delta']:+.1f} ({relative:+.1%} of the reference level), "
+                    f"{point['dpop/penalty_active']:.0%} of pairs below the reference"
+                )
+        lines.append("; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
+def _shapes(results: list[dict[str, Any]], settings: Settings) -> str:
+    described = []
+    for r in results:
+        kept = (
+            f"the {r['pairs_in']:,} pairs the ingest made, curated to edit ratio ≤ {settings.gsm8k_max_edit_ratio}, "
+            if r["name"].startswith("GSM8K")
+            else f"{r['pairs_in']:,} generated pairs, "
+        )
+        described.append(
+            f"{r['name']}: {kept}{r['train_pairs']} train / {r['eval_pairs']} eval pairs after the build, "
+            f"{r['mean_chosen_tokens']} chosen tokens per eval pair, {r['post_edit_token_share']:.0%} of them at "
+            "or after the first edit"
+        )
+    return "; ".join(described)
+
+
+def _timing(document: dict[str, Any]) -> str:
+    """When, on what and under which load the run was timed (older JSONs lack the machine)."""
+    cpu, machine = document.get("cpu_seconds"), document.get("machine") or {}
+    text = f"{document['seconds']:.0f} s wall time"
+    if cpu:
+        # both threads busy all along is the best case: the wall time with 2 free cores is at least this
+        text += f", {cpu:.0f} CPU-s (all threads; at least {cpu / 2:.0f} s with both cores free)"
+    where = f"{machine.get('cpus', 2)} CPU cores shared with other jobs"
+    load = machine.get("load_1min")
+    if load:
+        where += (
+            f", 1-minute load average {min(load):.1f}-{max(load):.1f} "
+            f"(mean {sum(load) / len(load):.1f} over {len(load)} samples)"
+        )
+    if machine.get("torch_threads"):
+        where += f", {machine['torch_threads']} torch threads"
+    date = document.get("date")
+    return f"{text}; {date + ', ' if date else ''}{where}"
+
+
+def write_doc(document: dict[str, Any], path: Path) -> None:
+    """docs/failure_mode.md from the benchmark's JSON (`--replot` rewrites it without training)."""
+    results, settings = document["results"], Settings(**document["settings"])
+    eval_sets = "; ".join(f"{r['name']}: `{next(iter(r['runs'].values()))['eval_set_id']}`" for r in results)
+    path.write_text(
+        DOC_TEMPLATE.format(
+            command=document["command"],
+            timing=_timing(document),
+            s=settings,
+            shapes=_shapes(results, settings),
+            table=table(results),
+            buckets=bucket_table(results),
+            findings=findings(results),
+            eval_sets=eval_sets,
+            changes=changes(results, settings),
+        ),
+        encoding="utf-8",
+    )
+
+
+DOC_TEMPLATE = """\
+# The failure mode DPOP fixes, reproduced on the product's path
+
+`{command}` ({timing}) runs the data-to-model chain (`flows.chain.data_to_model`, inline executor) once
+per dataset, the stages `dpop run` runs: ingest -> tiny model (a BPE tokenizer of {s.vocab_size} tokens
+trained on the pairs, a Llama of {s.layers} layers, hidden {s.hidden_size}, {s.heads} heads) -> build
+(curation; {s.eval_fraction:.0%} of the prompts to eval, by prompt hash; at most {s.max_length} tokens, prompts
+at most {s.max_prompt_length}) -> SFT warm-up ({s.sft_steps} steps of 16 on the train split's chosen answers,
+lr {s.sft_learning_rate}: the reference policy) -> reference log-probs -> `TrainStage` (`DPOPTrainer`) with
+`losses: dpo, dpop:5, dpop:50`: same seed ({s.seed}) and batches, {s.steps} steps of {s.batch_size} pairs,
+constant lr {s.learning_rate}, β = {s.beta}, an evaluation every {s.eval_every} steps -> `PreferenceEvalStage`
+per run on the eval split. The promotion gate is off (`gate.enabled: false`): this is a comparison, not a
+release. The three runs of a dataset are evaluated on one eval set ({eval_sets}). Data: {shapes}.
+
+![failure mode](failure_mode.png)
+
+{table}
+
+Numbers from the eval stage (`<ws>/evals/<eval id>/metrics.parquet`; `dpop eval` prints the same table).
+*logps/chosen*: summed log-probability of the chosen answer (nats), the reference's in brackets.
+*Δ/token before/after edit*: change of the per-token log-probability of chosen tokens against the
+reference, before and from the first token where chosen and rejected differ (the paper's token view),
+pooled over the tokens. The curves are the trainer's own evaluations of the same split (`metrics.jsonl`;
+step 0 is the reference, `eval_on_start`); at the last step they equal the eval stage's numbers.
+
+Per edit-ratio quartile of the eval set (Δ logps/chosen against the reference, reward accuracy):
+
+{buckets}
+
+What the numbers say (one seed, small eval sets: read differences of a few points of accuracy as
+noise):
+
+{findings}
+
+The failure mode is DPO's: its reward margin and accuracy rise while the chosen answer becomes *less*
+likely than under the reference. DPOP's penalty λ·max(0, −(log πθ − log πref)(y_w)), inside the sigmoid,
+holds the chosen answer near the reference level. Reward accuracy at step 0 is 0 by TRL's definition (a
+pair counts only when its margin is strictly positive, and every margin starts at 0).
+{changes}"""
+
+CHANGES = """
+## Against the previous numbers
+
+Until 2026-11-30 this page and the README showed the numbers of a standalone script (its own tokenizer,
+log-prob function, reference pass and training loop; commit cd623b4), with the same model size, SFT
+steps, preference steps, batch size, learning rate, β and seed:
+
+| data | Δ vs ref, standalone (now), DPO / DPOP λ=5 / DPOP λ=50 | reward acc, standalone (now) |
+|---|---|---|
+{versus}
+
+The product's path gives the same picture with other sizes: {sizes}. The loss is the same function
+(`dpop.losses`); what differs is what the runs see:
+
+- the split is the build's, by prompt hash, so other pairs are in the eval sets (before: the last 64
+  generated pairs; every k-th GSM8K question);
+{gsm8k}- the tokenizer is the tiny-model stage's (trained on the ingested pairs), so token counts differ;
+- the batches come from the trainer's length-grouped sampler (`group_by_length`, the product's default)
+  instead of a random permutation{epoch}.
+
+With one seed and {steps} steps DPO's drop is not monotone ({curves}), so its size moves with the batches
+and the eval pairs; its sign, and DPOP keeping the chosen answer near the reference, held in both
+implementations.
+"""
+
+
+# The standalone script's last numbers (docs/failure_mode.md at commit cd623b4): Δ logps/chosen and
+# reward accuracy per loss, for the comparison the page keeps.
+STANDALONE = {
+    "synthetic math": {"dpo": (-52.2, 0.61), "dpop:5": (0.9, 0.59), "dpop:50": (1.6, 0.53)},
+    "GSM8K wrong-vs-right": {"dpo": (-44.8, 0.82), "dpop:5": (-3.0, 0.88), "dpop:50": (-0.7, 0.93)},
+}
+
+
+def _versus(results: list[dict[str, Any]]) -> tuple[str, str]:
+    """The table of standalone vs product numbers, and the sentence on DPO's and DPOP's sizes."""
+    rows, sizes = [], []
+    for r in results:
+        before = STANDALONE.get(r["name"])
+        if before is None:
+            continue
+        now = {key: run["final"] for key, run in r["runs"].items()}
+        pairs = [(before[k], now[k]) for k in LABELS if k in now and k in before]
+        delta = " / ".join(f"{b[0]:+.1f} ({n['logps/chosen_delta']:+.1f})" for b, n in pairs)
+        accuracy = " / ".join(f"{b[1]:.2f} ({n['rewards/accuracies']:.2f})" for b, n in pairs)
+        rows.append(f"| {r['name']} | {delta} | {accuracy} |")
+        dpo_now = now["dpo"]["logps/chosen_delta"]
+        worst = max(abs(now[k]["logps/chosen_delta"] / now[k]["ref_logps/chosen"]) for k in now if k != "dpo")
+        sizes.append(
+            f"on {r['name']} DPO's drop is {'smaller' if dpo_now > before['dpo'][0] else 'larger'} "
+            f"({dpo_now:+.1f} nats against {before['dpo'][0]:+.1f}) and DPOP ends within {worst:.1%} of the "
+            "reference level"
+        )
+    return "\n".join(rows), "; ".join(sizes)
+
+
+def changes(results: list[dict[str, Any]], settings: Settings) -> str:
+    """The comparison with the standalone script's numbers; the curve and batch facts from the JSON."""
+    curves = "; ".join(
+        f"{r['name']}: "
+        + ", ".join(f"{p['logps/chosen_minus_ref']:+.1f}" for p in r["runs"]["dpo"]["curve"][1:])
+        + f" nats at steps {r['runs']['dpo']['curve'][1]['step']} to {r['runs']['dpo']['curve'][-1]['step']}"
+        for r in results
+        if "dpo" in r["runs"]
+    )
+    epoch = ""
+    first = results[0]["train_pairs"] if results else 0
+    if first % settings.batch_size:
+        batches, rest = -(-first // settings.batch_size), first % settings.batch_size
+        epoch = (
+            f", and an epoch of the {first} {results[0]['name']} train pairs is {batches} batches, the last "
+            f"of {rest} pair{'s' if rest > 1 else ''}"
+        )
+    gsm8k = ""
+    for r in results:
+        if r["name"].startswith("GSM8K"):
+            gsm8k = (
+                f"- the GSM8K pairs are those the curation keeps at edit ratio ≤ {settings.gsm8k_max_edit_ratio} "
+                f"({r['train_pairs'] + r['eval_pairs']} after the build), the same character-level ratio as "
+                "before, where the script took the 306 lowest;\n"
+            )
+    versus, sizes = _versus(results)
+    return CHANGES.format(
+        epoch=epoch,
+        steps=settings.steps,
+        curves=f"DPO's curves: {curves}",
+        gsm8k=gsm8k,
+        versus=versus,
+        sizes=sizes,
+    )
+
+
+# --- the command ----------------------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = QUICK if args.quick else Settings()
+    changes = {"steps": args.steps, "learning_rate": args.lr}
+    return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v})
+
+
+def _command(args: argparse.Namespace) -> str:
+    flags = [("--quick", args.quick), (f"--steps {args.steps}", args.steps), (f"--lr {args.lr}", args.lr)]
+    return " ".join(["python benchmarks/failure_mode.py", *(flag for flag, on in flags if on)])
+
+
+def _replot(out: Path) -> None:
+    saved = json.loads(out.read_text(encoding="utf-8"))
+    plot(saved["results"], PLOT)
+    write_doc(saved, DOC)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="synthetic pairs only, 20 steps (a smoke run)")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="learning rate of the preference runs")
     parser.add_argument(
         "--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)), help="torch threads"
     )
-    parser.add_argument("--lr", type=float, default=None, help="learning rate of the preference runs")
     parser.add_argument("--workspace", type=Path, default=ROOT / "benchmarks" / "results" / "failure_mode_ws")
+    parser.add_argument("--fresh", action="store_true", help="start from an empty workspace (timing)")
     parser.add_argument(
         "--replot", action="store_true", help="redraw the docs from the last JSON, no training"
     )
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/failure_mode.{png,md}")
     args = parser.parse_args(argv)
-    settings = Settings()
-    if args.quick:
-        settings = Settings(steps=20, train_pairs=128, eval_pairs=32, sft_steps=60, eval_every=5)
-    if args.steps or args.lr:
-        settings = Settings(
-            **{
-                **asdict(settings),
-                "steps": args.steps or settings.steps,
-                "learning_rate": args.lr or settings.learning_rate,
-            }
-        )
-    out = ROOT / "benchmarks" / "results" / "failure_mode.json"
     if args.replot:
-        saved = json.loads(out.read_text())
-        plot(saved["results"], ROOT / "docs" / "failure_mode.png")
-        write_doc(
-            saved["results"],
-            Settings(**saved["settings"]),
-            saved["command"],
-            saved["seconds"],
-            ROOT / "docs" / "failure_mode.md",
-        )
+        _replot(OUT)
         return
+    import torch
+
     torch.set_num_threads(args.threads)
-    workspace = Workspace.open(args.workspace)
-    started = time.perf_counter()
-    results = [run_dataset(workspace, "synthetic math", *synthetic_pairs(settings), settings)]
-    gsm8k = None if args.quick else gsm8k_pairs(settings)
-    if gsm8k:
-        results.append(run_dataset(workspace, "GSM8K wrong-vs-right", *gsm8k, settings))
-    elif not args.quick:
-        print(f"(GSM8K solutions not found at {GSM8K_SOLUTIONS}; synthetic pairs only)")
-    seconds = round(time.perf_counter() - started, 1)
-    command = (
-        "python benchmarks/failure_mode.py"
-        + (" --quick" if args.quick else "")
-        + (f" --steps {args.steps}" if args.steps else "")
-        + (f" --lr {args.lr}" if args.lr else "")
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {"settings": asdict(settings), "command": command, "seconds": seconds, "results": results},
-            indent=2,
-        )
-    )
-    print()
-    print(table(results))
-    print(f"\n{seconds:.0f} s; JSON in {out}")
+    if args.fresh:
+        shutil.rmtree(args.workspace, ignore_errors=True)
+    settings = _settings(args)
+    started, cpu = time.perf_counter(), time.process_time()
+    with LoadSampler() as load:
+        results = run_benchmark(settings, args.workspace, quick=args.quick)
+    document = {
+        "settings": asdict(settings),
+        "command": _command(args),
+        "date": datetime.now().date().isoformat(),
+        "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "load_1min": load.samples},
+        "seconds": round(time.perf_counter() - started, 1),
+        "cpu_seconds": round(time.process_time() - cpu, 1),
+        "results": results,
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    print(f"\n{table(results)}\n\n{bucket_table(results)}\n\n{document['seconds']:.0f} s; JSON in {OUT}")
     if not args.no_docs:
-        plot(results, ROOT / "docs" / "failure_mode.png")
-        write_doc(results, settings, command, seconds, ROOT / "docs" / "failure_mode.md")
-
-
-def findings(results: list[dict]) -> str:
-    """One line per dataset from the final eval numbers, so the page never says more than they do."""
-    lines = []
-    for result in results:
-        last = {key: run["curve"][-1] for key, run in result["runs"].items()}
-        dpo = last["0"]
-        parts = [
-            f"- **{result['name']}**: DPO ends at reward accuracy {dpo['rewards/accuracies']:.2f} with "
-            f"log p(chosen) {dpo['logps/chosen_minus_ref']:+.1f} nats against the reference "
-            f"({dpo['token_delta/pre_edit']:+.2f} per token before the first edit, {dpo['token_delta/post_edit']:+.2f} after)"
-        ]
-        for key in ("5", "50"):
-            if key in last:
-                point = last[key]
-                relative = point["logps/chosen_minus_ref"] / abs(point["ref_logps/chosen"])
-                parts.append(
-                    f"DPOP λ={key}: accuracy {point['rewards/accuracies']:.2f}, log p(chosen) "
-                    f"{point['logps/chosen_minus_ref']:+.1f} ({relative:+.1%} of the reference level)"
-                )
-        lines.append("; ".join(parts) + ".")
-    return "\n".join(lines)
-
-
-def write_doc(results: list[dict], settings: Settings, command: str, seconds: float, path: Path) -> None:
-    shapes = "; ".join(
-        f"{r['name']}: {r['train_pairs']} train / {r['eval_pairs']} eval pairs, {r['mean_chosen_tokens']} chosen tokens on average, "
-        f"{r['post_edit_token_share']:.0%} of them at or after the first edit"
-        for r in results
-    )
-    path.write_text(
-        f"""# The failure mode DPOP fixes, reproduced
-
-`{command}` ({seconds:.0f} s wall time on 2 CPU cores shared with other jobs) trains one reference policy per dataset (a tiny Llama,
-{settings.layers} layers, hidden {settings.hidden_size}, warmed up with {settings.sft_steps} SFT steps on the chosen answers) with
-DPO (λ = 0) and DPOP (λ = 5, λ = 50): same seed, same batches, {settings.steps} steps of {settings.batch_size} pairs,
-lr {settings.learning_rate}, β = {settings.beta}. Metrics are on held-out pairs. Data: {shapes}.
-
-![failure mode](failure_mode.png)
-
-{table(results)}
-
-*logps/chosen*: summed log-probability of the chosen answer (nats), with the reference's in brackets.
-*Δ/token before/after edit*: mean change of the per-token log-probability of chosen tokens against the
-reference, before and after the first token where chosen and rejected differ (the paper's token view).
-
-What the numbers say (one seed, small eval sets, so read differences of a few points of accuracy as
-noise):
-
-{findings(results)}
-
-The failure mode is DPO's: its reward margin and accuracy rise while the chosen answer becomes *less*
-likely than under the reference, and on the synthetic pairs (where an edit sits mid-answer) the loss
-per token is largest after the first edit. DPOP's penalty λ·max(0, −(log πθ − log πref)(y_w)), inside
-the sigmoid, keeps the chosen answer at the reference level. Reward accuracy at step 0 is 0 by TRL's
-definition (a pair counts only when its margin is strictly positive, and every margin starts at 0).
-""",
-        encoding="utf-8",
-    )
+        plot(results, PLOT)
+        write_doc(document, DOC)
 
 
 if __name__ == "__main__":
