@@ -252,6 +252,7 @@ class StageDisplay:
         self._tasks: dict[str, Any] = {}
         self._started: dict[str, float] = {}
         self._units: dict[str, str] = {}
+        self._done: dict[str, int] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -282,6 +283,7 @@ class StageDisplay:
             with self._lock:
                 task = self._tasks.pop(label, None)
                 started = self._started.pop(label, None)
+                self._done.pop(label, None)
             if task is not None:
                 self.bars.remove_task(task)
             seconds = time.perf_counter() - started if started is not None else None
@@ -293,6 +295,9 @@ class StageDisplay:
     def progress(self, label: str, done: int, total: int | None, text: str) -> None:
         with self._lock:
             task = self._task(label)
+            if done < self._done.get(label, 0):
+                self.bars.reset(task, total=total)  # a new pass (the next split, the reference model)
+            self._done[label] = done
         self.bars.update(task, completed=done, total=total, note=escape(text), reporting=True)
 
     def _task(self, label: str) -> Any:
@@ -393,8 +398,8 @@ _OUTCOMES = {
 # --- the summary ----------------------------------------------------------------------------------------
 
 RUN_COLUMNS = (
-    ("eval reward acc.", "rewards/accuracies", "{:.2f}"),
-    ("eval margin", "rewards/margins", "{:.3g}"),
+    ("reward acc.", "rewards/accuracies", "{:.2f}"),
+    ("margin", "rewards/margins", "{:.3g}"),
     ("Δ log p(chosen)", "logps/chosen_delta", "{:+.3g}"),
     ("exact match", "exact_match", "{:.2f}"),
 )
@@ -404,19 +409,19 @@ def print_summary(console: Console, summary: dict[str, Any], seconds: float) -> 
     """The run in one table: where things are, each run's loss and key eval metrics, the gate, and the
     commands to look further (lineage, SQL)."""
     console.print(
-        f"\n[bold]dpop run done in {seconds:.0f} s[/] ({escape(summary['via'])})",
+        f"[bold]dpop run done in {seconds:.0f} s[/] ({escape(summary['via'])})",
         highlight=False,
         soft_wrap=True,
     )
     table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
-    table.add_column("what", no_wrap=True, style="bold")
+    table.add_column("what", no_wrap=True, style="bold", min_width=16)  # both tables align
     table.add_column("value", overflow="fold")
     for what, value in _places(summary):
         table.add_row(what, value)
     console.print(table)
     console.print(_runs_table(summary))
     table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
-    table.add_column("what", no_wrap=True, style="bold")
+    table.add_column("what", no_wrap=True, style="bold", min_width=16)  # both tables align
     table.add_column("value", overflow="fold")
     for what, value in _next_steps(summary):
         table.add_row(what, value)
