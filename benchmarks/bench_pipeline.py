@@ -267,20 +267,60 @@ def rss_child(source: str, tokenizer: str, workdir: str) -> None:
     print(json.dumps(stats))
 
 
+TRACE_SECONDS = 2.0  # how often an RSS run's memory is sampled from outside
+
+
+def memory_sample(pid: int) -> dict[str, float] | None:
+    """The process's RSS split into anonymous memory and file-backed pages (the build's memory-mapped
+    Arrow files: clean page cache, counted in RSS, that the kernel can drop), MiB; None once gone."""
+    wanted = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file"}
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    values = {}
+    for line in lines:
+        name, _, rest = line.partition(":")
+        if name in wanted:
+            values[wanted[name]] = round(int(rest.split()[0]) / 1024, 1)
+    return values
+
+
+def traced(command: list[str]) -> tuple[subprocess.CompletedProcess, list[list[float]]]:
+    """Run `command`, sampling its memory every TRACE_SECONDS: [[seconds, rss, anon, file, load1]].
+    The peak alone does not say which phase holds it nor whether it is reclaimable page cache."""
+    start = time.perf_counter()
+    trace = []
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        child = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True, cwd=ROOT)
+        while child.poll() is None:
+            sample = memory_sample(child.pid)
+            if sample and sample.get("rss"):  # none before the child's exec is under way
+                elapsed = round(time.perf_counter() - start, 1)
+                trace.append([elapsed, sample["rss"], sample["anon"], sample["file"], load()[0]])
+            time.sleep(TRACE_SECONDS)
+        stdout.seek(0)
+        stderr.seek(0)
+        return subprocess.CompletedProcess(command, child.returncode, stdout.read(), stderr.read()), trace
+
+
 def measure_rss(seeds: list[dict], n: int, tokenizer: Path, scratch: Path) -> dict:
     source = scratch / (f"rss-{n}.jsonl.gz" if n >= GZIP_FROM else f"rss-{n}.jsonl")
     write_source(source, seeds, n, seed=n)
     workdir = scratch / f"rss-ws-{n}"
     command = [sys.executable, __file__, "--rss-child", str(source), str(tokenizer), str(workdir)]
     try:
-        output = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+        output, trace = traced(command)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         source.unlink()
     if output.returncode != 0:
         raise RuntimeError(f"RSS run at {n} failed:\n{output.stderr[-3000:]}")
     stats = json.loads(output.stdout.strip().splitlines()[-1])
-    return {"n": n, "source": source.name, **stats}
+    peaks = {
+        f"max_{name}_mib": max((s[i] for s in trace), default=None) for i, name in ((2, "anon"), (3, "file"))
+    }
+    return {"n": n, "source": source.name, **stats, **peaks, "trace": trace}
 
 
 def rss_only(sizes: str, vocab_size: int) -> None:
@@ -331,7 +371,16 @@ def print_rss(console, rss: list[dict]) -> None:
     if not rss:
         return
     rss_table = Table(title="Peak RSS of the whole build, ingest included (fresh process each)")
-    for column in ("pairs", "source", "seconds", "pairs/s", "peak RSS MiB", "load (1/5/15 min)"):
+    columns = (
+        "pairs",
+        "source",
+        "seconds",
+        "pairs/s",
+        "peak RSS MiB",
+        "anon / file MiB",
+        "load (1/5/15 min)",
+    )
+    for column in columns:
         rss_table.add_column(column, justify="right")
     for item in rss:
         rss_table.add_row(
@@ -340,6 +389,7 @@ def print_rss(console, rss: list[dict]) -> None:
             f"{item['seconds']:.1f}",
             f"{item['n'] / item['seconds']:,.0f}",
             f"{item['peak_rss_mib']:,.0f}",
+            f"{item['max_anon_mib']:,.0f} / {item['max_file_mib']:,.0f}" if item.get("max_anon_mib") else "",
             "/".join(f"{x:.1f}" for x in item.get("load", [[]])[0]),
         )
     console.print(rss_table)
