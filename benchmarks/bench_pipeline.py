@@ -16,8 +16,9 @@ present, each copy's prompt made unique so curation keeps it; synthetic otherwis
    and nothing else: what the build would cost if everything but its tokenizer were free
 
 Then peak RSS of (3) alone, in fresh subprocesses, at 100k and 1M pairs (add 10M with --rss-sizes:
-its source is written gzipped, about 4 GB, and the build needs about 40 GB of disk). The load average
-is recorded with every row: the machine is shared, compare ratios from one run.
+its source is written gzipped, about 4 GB, and the build needs about 40 GB of disk), each child's
+memory sampled every 2 s (RSS, anonymous, file-backed: `trace` in the JSON). The load average is
+recorded with every row: the machine is shared, compare ratios from one run.
 Prints a rich table and writes benchmarks/results/bench_pipeline.json.
 
     python benchmarks/bench_pipeline.py --n 100000 --naive-n 20000 --rss-sizes 100000,1000000
