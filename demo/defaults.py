@@ -93,7 +93,7 @@ training:
 gate:
   enabled: true
   alias: champion
-  floors: {rewards/accuracies: 0.5}                          # metric: minimum
+  floors: {rewards/accuracies: 0.5, logps/chosen_delta: -1.0}  # metric: minimum (Δ log p(chosen) in nats)
   max_regression: {rewards/accuracies: 0.02, exact_match: 0.05}   # metric: allowed drop vs champion
   rank_by: [exact_match, rewards/accuracies, logps/chosen_delta]  # best of several passing candidates
   generation:                   # greedy generation + exact match on verifiable prompts ("#### N")

@@ -84,7 +84,9 @@ class GateConfig:
         help="metric -> how much worse than the champion's a candidate may be",
     )
     floors: dict[str, float] = setting(
-        default_factory=lambda: {"rewards/accuracies": 0.5},
+        # The failure mode DPOP exists for: by default a model whose chosen answers became less likely than
+        # under the reference (mean over the eval pairs, nats) is not shipped, however well it ranks pairs.
+        default_factory=lambda: {"rewards/accuracies": 0.5, "logps/chosen_delta": -1.0},
         help="metric -> minimum (maximum if lower is better)",
     )
     rank_by: list[str] = setting(
