@@ -1,8 +1,9 @@
 """The console of `dpop run`: one line per stage, a live progress display, warnings once, a summary.
 
 - `quiet_libraries(verbose)`: without `-v`, the libraries keep their chatter off the terminal: Prefect's
-  *console* handler at WARNING (its loggers keep their level, so the runs' logs still reach the Prefect
-  API and UI, `log_prints` included), transformers/datasets/huggingface_hub at ERROR with their progress
+  *console* handler at CRITICAL (a failed stage is dpop's one error line; its loggers keep their level,
+  so the runs' logs, tracebacks included, still reach the Prefect API and UI, `log_prints` too),
+  transformers/datasets/huggingface_hub at ERROR with their progress
   bars off, tqdm off (the Trainer's bar: `dpop.train` then drops its printed metric dicts too), Dask's
   logs at ERROR (its `CommClosedError` tracebacks when a cluster closes). Set as environment variables
   first (read when a library is imported, and inherited by Dask workers), and on the handlers and
@@ -45,7 +46,8 @@ from rich.text import Text
 
 QUIET_ENV = {
     # Prefect: only the console handler; the loggers (and so the API handler, the UI's logs) keep INFO
-    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+    # at CRITICAL: a failed task or flow is reported by dpop in one line (its traceback with -v, and in the UI)
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_DATASETS_VERBOSITY": "error",
     "HF_HUB_VERBOSITY": "error",
@@ -71,7 +73,7 @@ def quiet_libraries(verbose: bool) -> Iterator[None]:
         for name in QUIET_LOGGERS:
             stack.enter_context(_level(logging.getLogger(name), logging.ERROR))
         for handler in _prefect_console_handlers():
-            stack.enter_context(_level(handler, logging.WARNING))
+            stack.enter_context(_level(handler, logging.CRITICAL))
         stack.enter_context(_transformers_quiet())
         try:
             yield

@@ -137,6 +137,24 @@ class ChainResult:
         return f"cmp-{stable_hash(sorted(r.id for r in self.runs), 16)}" if len(self.runs) > 1 else None
 
 
+def _require_train_rows(ingests, build) -> None:
+    """Nothing to train on is the data's problem, not a stage's: say where the rows went, once, before SFT
+    or training fail on an empty split."""
+    if build.counts.get("train_rows"):
+        return
+    reasons: dict[str, int] = {}
+    for record in (*ingests, build):
+        for reason, n in record.rejected_by_reason.items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    read = sum(r.counts.get("rows_read", 0) for r in ingests)
+    lost = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    raise ValueError(
+        f"no training pairs left: {read} row(s) read, {build.counts.get('rows_out', 0)} kept, "
+        f"{build.counts.get('train_rows', 0)} in the train split (rejected: {lost or 'none'}); "
+        'see: dpop sql "SELECT stage, reason, count(*) FROM rejections GROUP BY ALL"'
+    )
+
+
 def data_to_model(ws: Workspace, spec: ChainSpec, executor: Executor) -> ChainResult:
     """Run, or find done, every stage of the chain for `spec` (see the module docstring)."""
     run = _Steps(ws, spec, executor)
@@ -151,6 +169,7 @@ def data_to_model(ws: Workspace, spec: ChainSpec, executor: Executor) -> ChainRe
     refs = lambda: tuple(_load("pipeline.build:IngestRef")(i, uri, Path(path)) for i, uri, path in pairs)  # noqa: E731
     build_key = (pairs, spec.curation, _eval_sha256(spec), base_id)
     build = run("pipeline.build:BuildStage", build_key, lambda: (refs(), dict(spec.curation), Path(base)))
+    _require_train_rows(ingests, build)
     reference, sft = None, {**spec.sft, "seed": spec.seed}
     if int(spec.sft.get("steps") or 0) > 0:
         sft_config = lambda: _load("dpop.sft:SFTConfig")(**sft)  # noqa: E731

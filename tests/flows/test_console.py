@@ -76,7 +76,7 @@ def test_quiet_libraries_sets_only_what_the_user_left_unset_and_puts_it_back(mon
     monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "info")  # the user's choice wins
     with quiet_libraries(verbose=False):
         assert os.environ["TQDM_DISABLE"] == "1" and os.environ["TRANSFORMERS_VERBOSITY"] == "info"
-        assert os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] == "WARNING"
+        assert os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] == "CRITICAL"
     assert "TQDM_DISABLE" not in os.environ and os.environ["TRANSFORMERS_VERBOSITY"] == "info"
     with quiet_libraries(verbose=True):
         assert "TQDM_DISABLE" not in os.environ

@@ -164,3 +164,22 @@ def test_ctrl_c_says_how_to_resume_and_rerunning_does(inputs, tmp_path: Path) ->
     assert again.returncode == 0, again.stderr[-3000:]
     [run] = [r for r in iter_records(Workspace.open(ws)) if r.stage == "train"]
     assert run.summary.get("resumed") is True
+
+
+@pytest.mark.slow
+def test_data_with_no_training_pair_fails_in_one_line_under_prefect(tmp_path: Path) -> None:
+    """Every pair rejected: the chain stops after the build with where the rows went, once, without
+    Prefect's task or flow tracebacks on the console (they stay in Prefect's logs); a rerun says it again
+    from the finished stages, without starting Prefect."""
+    data = tmp_path / "same.jsonl"
+    rows = [{"prompt": f"{i} + {i}?", "chosen": str(2 * i), "rejected": str(2 * i)} for i in range(5)]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    command = [sys.executable, "-m", "cli.main", "run", "--input", str(data), "-w", str(tmp_path / "ws")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "250"}
+    expected = "error: no training pairs left: 5 row(s) read, 0 kept, 0 in the train split (rejected: identical_responses 5)"
+    for _ in range(2):
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 1, done.stderr[-3000:]
+        assert "Traceback" not in done.stdout + done.stderr, done.stderr[-3000:]
+        [error] = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error:")]
+        assert error.startswith(expected) and "FROM rejections" in error
