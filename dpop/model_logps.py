@@ -249,14 +249,10 @@ def logps_dir(ws: Workspace, logps_id: str) -> Path:
 
 
 @dataclass(frozen=True)
-class ModelLogpsStage(Stage):
-    """`model`'s log-probs of every pair of `dataset_id`, in precision `dtype`, as a `model_logps` table.
-
-    `batch_size`, `trust_remote_code` and `progress` change how it runs, not what it writes."""
-
-    name = "model_logps"
-    version = 1
-    id_prefix = "lp"
+class ModelPassStage(Stage):
+    """What a stage that runs `model` over every pair of `dataset_id` in precision `dtype` is given (this
+    table's stage and `dpop.refs.LogpsStage`). `batch_size`, `trust_remote_code` and `progress` change how
+    it runs, not what it writes."""
 
     dataset_id: str
     model: Path
@@ -272,6 +268,15 @@ class ModelLogpsStage(Stage):
     @cached_property
     def model_artifact(self) -> Artifact:
         return model_artifact(self.model)
+
+
+@dataclass(frozen=True)
+class ModelLogpsStage(ModelPassStage):
+    """`model`'s log-probs of every pair of `dataset_id`, in precision `dtype`, as a `model_logps` table."""
+
+    name = "model_logps"
+    version = 1
+    id_prefix = "lp"
 
     def inputs(self) -> list[Input]:
         return [Input(dataset_artifact(self.dataset_id), OF), Input(self.model_artifact, MODEL)]

@@ -34,10 +34,11 @@ import numpy as np
 import pyarrow as pa
 
 from dpop.data import ShardDataset
-from dpop.model_io import Precision, model_artifact, require_model_dir
+from dpop.model_io import Precision
 from dpop.model_logps import (  # noqa: F401  (token_budget_batches, split_reference_logps: re-exported)
     DEFAULT_BATCH_SIZE,
     DEFAULT_TOKEN_BUDGET,
+    ModelPassStage,
     check_model_for,
     dataset_artifact,
     dataset_logps,
@@ -45,13 +46,13 @@ from dpop.model_logps import (  # noqa: F401  (token_budget_batches, split_refer
     token_budget_batches,
 )
 from pipeline.identity import stable_hash
+from pipeline.manifest import SplitInfo, shard_artifacts
 from pipeline.shards import CONTRACT, write_manifest, write_split
 from pipeline.stage import (
     INLINE,
     Artifact,
     Executor,
     Input,
-    Stage,
     StageContext,
     StageOutput,
     run_stage,
@@ -81,29 +82,12 @@ def reference_dataset_id(
 
 
 @dataclass(frozen=True)
-class LogpsStage(Stage):
-    """`model`'s log-probs of every pair of `dataset_id`, in precision `dtype`, as a new dataset version.
-
-    `batch_size`, `trust_remote_code` and `progress` change how it runs, not what it writes."""
+class LogpsStage(ModelPassStage):
+    """`model`'s log-probs of every pair of `dataset_id`, in precision `dtype`, as a new dataset version."""
 
     name = STAGE_NAME
     version = STAGE_VERSION
     id_prefix = "ref"  # ids read <dataset>-ref-<hash> (see `id`)
-
-    dataset_id: str
-    model: Path
-    dtype: Precision | str = "float32"
-    batch_size: int | None = None
-    trust_remote_code: bool = False
-    progress: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "model", require_model_dir(self.model))
-        object.__setattr__(self, "dtype", Precision.parse(self.dtype))
-
-    @cached_property
-    def model_artifact(self) -> Artifact:
-        return model_artifact(self.model)
 
     @cached_property
     def id(self) -> str:  # type: ignore[override]
@@ -174,24 +158,7 @@ class LogpsStage(Stage):
         rows = sum(split["rows"] for split in splits.values())
         meta = {"reference_model": self.model_artifact.id, "dtype": self.dtype.label}
         outputs = [Artifact(self.id, "dataset", workspace_path(ctx.ws, ctx.folder), rows, CONTRACT, meta)]
-        for split, info in splits.items():
-            outputs += [
-                Artifact(
-                    shard["sha256"],
-                    "shard",
-                    ctx.path(shard["file"]),
-                    rows=shard["rows"],
-                    contract=CONTRACT,
-                    meta={
-                        "dataset_id": self.id,
-                        "split": split,
-                        "file": shard["file"],
-                        "bytes": shard["bytes"],
-                    },
-                    parents=((self.id, "part_of"),),
-                )
-                for shard in info["shards"]
-            ]
+        outputs += shard_artifacts(ctx, self.id, {s: SplitInfo.from_json(i) for s, i in splits.items()})
         return StageOutput(
             outputs=outputs,
             counts={"rows_in": rows, "rows_out": rows, "computed": computed, "cached": rows - computed},

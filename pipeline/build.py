@@ -70,7 +70,7 @@ from pipeline.curate.filters import (
 )
 from pipeline.funnel import FunnelStep, funnel_json, read_funnel, rejected_by_reason
 from pipeline.identity import file_sha256
-from pipeline.manifest import DatasetManifest, IngestInput, Parent, SplitInfo, TokenizerInfo
+from pipeline.manifest import DatasetManifest, IngestInput, Parent, SplitInfo, TokenizerInfo, shard_artifacts
 from pipeline.shards import SPLITS, ShardInfo, SplitWriter
 from pipeline.stage import (
     INLINE,
@@ -348,19 +348,7 @@ class BuildStage(Stage):
                 contract="rejection",
             ),
         ]
-        for split, info in manifest.splits.items():
-            outputs += [
-                Artifact(
-                    shard.sha256,
-                    "shard",
-                    ctx.path(shard.file),
-                    rows=shard.rows,
-                    contract="dpop_shard",
-                    meta={"dataset_id": self.id, "split": split, "file": shard.file, "bytes": shard.bytes},
-                    parents=((self.id, "part_of"),),
-                )
-                for shard in info.shards
-            ]
+        outputs += shard_artifacts(ctx, self.id, manifest.splits)
         return StageOutput(
             outputs=outputs,
             counts={"rows_in": rows_in, "rows_out": kept, "train_rows": train, "eval_rows": evaluation},

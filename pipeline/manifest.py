@@ -31,6 +31,7 @@ from pipeline.atomic import write_text_atomic
 from pipeline.contracts import load_contract
 from pipeline.funnel import FunnelStep, funnel_json, read_funnel
 from pipeline.shards import CONTRACT, MANIFEST, ShardError, ShardInfo
+from pipeline.stage import Artifact, StageContext
 from pipeline.workspace import Workspace
 
 _KNOWN = (
@@ -93,6 +94,23 @@ class SplitInfo:
             for s in data.get("shards") or []
         )
         return cls(int(data.get("rows", sum(s.rows for s in shards))), shards)
+
+
+def shard_artifacts(ctx: StageContext, dataset_id: str, splits: Mapping[str, SplitInfo]) -> list[Artifact]:
+    """A dataset version's shard files as stage outputs (catalog rows), each `part_of` the version."""
+    return [
+        Artifact(
+            shard.sha256,
+            "shard",
+            ctx.path(shard.file),
+            rows=shard.rows,
+            contract=CONTRACT,
+            meta={"dataset_id": dataset_id, "split": split, "file": shard.file, "bytes": shard.bytes},
+            parents=((dataset_id, "part_of"),),
+        )
+        for split, info in splits.items()
+        for shard in info.shards
+    ]
 
 
 @dataclass(frozen=True)

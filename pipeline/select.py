@@ -42,7 +42,7 @@ from pipeline.config import ConfigError, load, read_yaml, setting, validate_fiel
 from pipeline.contracts import load_contract
 from pipeline.funnel import FunnelStep
 from pipeline.identity import stable_hash
-from pipeline.manifest import DatasetManifest, Parent, SplitInfo
+from pipeline.manifest import DatasetManifest, Parent, SplitInfo, shard_artifacts
 from pipeline.manifest import load as load_manifest
 from pipeline.mix import allocate, pair_weights, resolve_sources
 from pipeline.select_rules import DEFAULT_EDIT_BUCKETS, PROBE, REF, RULES, Rule
@@ -555,19 +555,7 @@ class SelectStage(Stage):
             Artifact(f"pairs-{self.id}", "pairs_kept", ctx.path(PAIRS_FILE), kept, "preference_pair"),
             Artifact(f"rejections-{self.id}", "rejections", ctx.path(REJECTIONS_FILE), contract="rejection"),
         ]
-        for split, info in manifest.splits.items():
-            outputs += [
-                Artifact(
-                    shard.sha256,
-                    "shard",
-                    ctx.path(shard.file),
-                    rows=shard.rows,
-                    contract="dpop_shard",
-                    meta={"dataset_id": self.id, "split": split, "file": shard.file, "bytes": shard.bytes},
-                    parents=((self.id, "part_of"),),
-                )
-                for shard in info.shards
-            ]
+        outputs += shard_artifacts(ctx, self.id, manifest.splits)
         return StageOutput(
             outputs=outputs,
             counts={
