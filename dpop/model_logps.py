@@ -269,6 +269,26 @@ class ModelPassStage(Stage):
     def model_artifact(self) -> Artifact:
         return model_artifact(self.model)
 
+    def check(self, ws: Workspace) -> dict[str, Any]:
+        """What fails before any work, in one line: a missing or corrupt parent version, a model whose
+        tokenizer is not the shards' one, pickled weights. Returns the parent's manifest."""
+        return check_model_for(ws, self.dataset_id, self.model)
+
+    def split_logps(self, ctx: StageContext, **options: Any) -> dict[str, SplitLogps]:
+        """`dataset_logps` of this stage's model over every split, its progress on the console (pairs of
+        each split) unless a bar of its own was asked for."""
+        return dataset_logps(
+            ctx.ws,
+            self.dataset_id,
+            self.model,
+            self.dtype,
+            self.batch_size,
+            self.trust_remote_code,
+            self.progress or (lambda split, done, total: ctx.progress(done, total, f"{split} split")),
+            model_id=self.model_artifact.id,
+            **options,
+        )
+
 
 @dataclass(frozen=True)
 class ModelLogpsStage(ModelPassStage):
@@ -290,21 +310,9 @@ class ModelLogpsStage(ModelPassStage):
     def label(self) -> str:
         return f"log-probs of {self.dataset_id} under {self.model_artifact.id} ({self.dtype.label})"
 
-    def check(self, ws: Workspace) -> dict[str, Any]:
-        return check_model_for(ws, self.dataset_id, self.model)
-
     def run(self, ctx: StageContext) -> StageOutput:
         self.check(ctx.ws)
-        splits = dataset_logps(
-            ctx.ws,
-            self.dataset_id,
-            self.model,
-            self.dtype,
-            self.batch_size,
-            self.trust_remote_code,
-            self.progress or (lambda split, done, total: ctx.progress(done, total, f"{split} split")),
-            model_id=self.model_artifact.id,
-        )
+        splits = self.split_logps(ctx)
         table = logps_table(ctx.ws, self.dataset_id, splits)
         pq.write_table(table, ctx.out / LOGPS_FILE)
         computed = sum(s.computed for s in splits.values())

@@ -36,12 +36,8 @@ import pyarrow as pa
 from dpop.data import ShardDataset
 from dpop.model_io import Precision
 from dpop.model_logps import (  # noqa: F401  (token_budget_batches, split_reference_logps: re-exported)
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_TOKEN_BUDGET,
     ModelPassStage,
-    check_model_for,
     dataset_artifact,
-    dataset_logps,
     split_reference_logps,
     token_budget_batches,
 )
@@ -105,25 +101,9 @@ class LogpsStage(ModelPassStage):
     def label(self) -> str:
         return f"log-probs of {self.dataset_id} ({self.dtype.label})"
 
-    def check(self, ws: Workspace) -> dict[str, Any]:
-        """What fails before any work, in one line: a missing or corrupt parent version, a model whose
-        tokenizer is not the shards' one, pickled weights. Returns the parent's manifest."""
-        return check_model_for(ws, self.dataset_id, self.model)
-
     def run(self, ctx: StageContext) -> StageOutput:
         manifest = self.check(ctx.ws)
-        values = dataset_logps(
-            ctx.ws,
-            self.dataset_id,
-            self.model,
-            self.dtype,
-            self.batch_size,
-            self.trust_remote_code,
-            # the console's progress (pairs of each split) unless a bar of its own was asked for
-            self.progress or (lambda split, done, total: ctx.progress(done, total, f"{split} split")),
-            model_id=self.model_artifact.id,
-            on_split=lambda split: ctx.progress(0, None, f"{split} split"),
-        )
+        values = self.split_logps(ctx, on_split=lambda split: ctx.progress(0, None, f"{split} split"))
         splits: dict[str, Any] = {}
         for split, logps in values.items():
             dataset = ShardDataset.open(ctx.ws, self.dataset_id, split)
